@@ -1,0 +1,77 @@
+"""Atomic checkpoints: complete or absent, the newest K kept, resume from the newest
+complete one.
+
+A checkpoint is accelerate's state (models, optimizers, schedulers, RNG states of every
+process) plus ``trainer_state.json`` (step, tokens, data position). It is written into a
+hidden staging directory and renamed into place only once whole; ``trainer_state.json``
+is written last, so a directory without it is never taken for a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+STATE_FILE = "trainer_state.json"
+_NAME = re.compile(r"^step-(\d+)$")
+
+
+def checkpoint_dir(output_dir: Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def complete_checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = checkpoint_dir(output_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir()
+             if (m := _NAME.match(p.name)) and (p / STATE_FILE).is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def _fsync_tree(path: Path) -> None:
+    for file in path.rglob("*"):
+        if file.is_file():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def save_checkpoint(accelerator, output_dir: Path, step: int, state: dict[str, Any],
+                    keep: int) -> Path:
+    """Every process calls this (accelerate writes per-process RNG states)."""
+    root = checkpoint_dir(output_dir)
+    final = root / f"step-{step:08d}"
+    staging = root / f".staging-step-{step:08d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)  # left over from a killed run
+        staging.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (staging / STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=2))
+        _fsync_tree(staging)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(staging, final)
+        for old in complete_checkpoints(output_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_latest_checkpoint(accelerator, output_dir: Path) -> dict[str, Any] | None:
+    """Restore the newest complete checkpoint into the prepared objects; returns its
+    trainer state, or None when there is none."""
+    found = complete_checkpoints(output_dir)
+    if not found:
+        return None
+    path = found[-1]
+    accelerator.load_state(str(path))
+    state = json.loads((path / STATE_FILE).read_text())
+    state["path"] = str(path)
+    return state

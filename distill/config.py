@@ -1,0 +1,163 @@
+"""The recipe schema: typed dataclasses, the one place where every field is documented.
+
+A recipe is a YAML mapping that loads into :class:`Recipe`; dotted ``key=value`` overrides
+from the command line are applied to the mapping first, so every value, wherever it came
+from, passes the same checks. Everything is validated before any work starts.
+``docs/recipe-reference.md`` is generated from the ``help`` texts below (see
+:func:`distill.schema.reference_markdown`); a test keeps it in sync.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from distill.schema import meta
+
+SCHEDULE_KINDS = ("constant", "linear", "cosine")
+
+
+@dataclass
+class ScheduleConfig:
+    """A value that changes with the optimizer step. A bare number in YAML means constant."""
+
+    kind: str = field(default="constant", metadata=meta(
+        "Shape of the schedule after warmup.", choices=SCHEDULE_KINDS))
+    start: float = field(default=0.0, metadata=meta("Value at step 0 and throughout warmup."))
+    end: float | None = field(default=None, metadata=meta(
+        "Value at `total_steps` and after; null means the same as `start`."))
+    warmup_steps: int = field(default=0, metadata=meta(
+        "Steps during which the value is held at `start` before the shape begins.", min=0))
+    total_steps: int | None = field(default=None, metadata=meta(
+        "Step at which `end` is reached; null means `train.max_steps`.", min=1))
+
+
+@dataclass
+class DataConfig:
+    source: str = field(default="stdlib", metadata=meta(
+        "Where text comes from: `stdlib` (the Python standard library's own .py sources, no "
+        "download), `files` (local text / JSON-lines / parquet files) or `hub` (a dataset name "
+        "from the Hugging Face hub, downloaded by `datasets`).",
+        choices=("stdlib", "files", "hub")))
+    files: list[str] = field(default_factory=list, metadata=meta(
+        "For `source: files`: paths or glob patterns. The format follows the extension: "
+        ".txt/.md/.py/.text (one example per line), .json/.jsonl, .parquet."))
+    hub_name: str | None = field(default=None, metadata=meta(
+        "For `source: hub`: the dataset name, e.g. `wikitext`."))
+    hub_config: str | None = field(default=None, metadata=meta(
+        "For `source: hub`: the dataset configuration, e.g. `wikitext-2-raw-v1`."))
+    hub_split: str = field(default="train", metadata=meta(
+        "For `source: hub`: the split to read; validation is carved out of it."))
+    text_field: str = field(default="text", metadata=meta(
+        "Column holding the text (JSON-lines, parquet and hub datasets)."))
+    max_chars: int | None = field(default=None, metadata=meta(
+        "Cap on the characters read (documents are taken in a fixed order until the cap); "
+        "null reads everything.", min=1000))
+    validation_fraction: float = field(default=0.05, metadata=meta(
+        "Share of documents held out for validation, chosen deterministically.",
+        min=0.001, max=0.5))
+    block_size: int = field(default=128, metadata=meta(
+        "Tokens per training sequence; documents are joined with the end-of-text token "
+        "and packed into blocks of this length.", min=8))
+    tokenizer: str = field(default="bpe", metadata=meta(
+        "`bpe` trains a byte-level BPE tokenizer on the training split (cached); anything "
+        "else is a transformers tokenizer: a local directory or a hub name."))
+    vocab_size: int = field(default=4096, metadata=meta(
+        "Vocabulary size of the trained `bpe` tokenizer.", min=300, max=1_000_000))
+    cache_dir: str | None = field(default=None, metadata=meta(
+        "Where trained tokenizers are cached; null means $DISTILL_CACHE or ~/.cache/distill."))
+
+
+@dataclass
+class ModelConfig:
+    """A Llama-4-style model: a named preset plus field overrides (students/presets.py)."""
+
+    preset: str = field(default="scout-tiny", metadata=meta(
+        "Named Llama 4 text config (see `students.PRESETS`)."))
+    overrides: dict[str, Any] = field(default_factory=dict, metadata=meta(
+        "`Llama4TextConfig` fields that replace the preset's, e.g. `num_hidden_layers: 4`. "
+        "`vocab_size` always follows the tokenizer."))
+
+
+@dataclass
+class TeacherConfig:
+    kind: str = field(default="codistill", metadata=meta(
+        "`codistill`: a teacher built from `model` that trains on the hard targets alongside "
+        "the student. `hf`: a frozen causal LM loaded with `from_pretrained` from `name_or_path`.",
+        choices=("codistill", "hf")))
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(preset="scout-tiny"),
+                               metadata=meta("For `codistill`: the teacher's architecture."))
+    name_or_path: str | None = field(default=None, metadata=meta(
+        "For `hf`: a local checkpoint directory or a hub model name."))
+    dtype: str = field(default="float32", metadata=meta(
+        "For `hf`: the dtype the teacher runs in.", choices=("float32", "bfloat16", "float16")))
+    lr: float = field(default=3e-3, metadata=meta(
+        "For `codistill`: the teacher's peak learning rate (AdamW, same warmup and "
+        "schedule shape as the student).", min=0.0, max=1.0))
+
+
+@dataclass
+class LossConfig:
+    divergence: str = field(default="forward_kl", metadata=meta(
+        "Divergence between teacher and student distributions (see `losses.DIVERGENCES`)."))
+    soft_weight: ScheduleConfig = field(
+        default_factory=lambda: ScheduleConfig(start=0.5), metadata=meta(
+            "Weight alpha of the soft (teacher) term, a schedule of the step, in [0, 1]."))
+    hard_weight: ScheduleConfig | None = field(default=None, metadata=meta(
+        "Weight of the hard (data) cross-entropy; null means 1 - soft_weight."))
+    temperature: ScheduleConfig = field(
+        default_factory=lambda: ScheduleConfig(start=1.0), metadata=meta(
+            "Softmax temperature T of both distributions in the soft term (the term is "
+            "multiplied by T^2 so its gradient scale does not depend on T)."))
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = field(default=300, metadata=meta("Optimizer steps to run.", min=1))
+    micro_batch_size: int = field(default=8, metadata=meta(
+        "Sequences per forward pass (per process).", min=1))
+    grad_accum_steps: int = field(default=1, metadata=meta(
+        "Micro-batches per optimizer step. The loss is normalised by the valid target "
+        "tokens of the whole step, so 1x8 and 8x1 give the same gradient.", min=1))
+    lr: float = field(default=3e-3, metadata=meta(
+        "Student's peak learning rate (AdamW).", min=0.0, max=1.0))
+    weight_decay: float = field(default=0.01, metadata=meta("AdamW weight decay.", min=0.0))
+    warmup_steps: int = field(default=20, metadata=meta(
+        "Linear learning-rate warmup steps.", min=0))
+    lr_schedule: str = field(default="cosine", metadata=meta(
+        "Learning-rate decay after warmup.", choices=("cosine", "linear", "constant")))
+    max_grad_norm: float = field(default=1.0, metadata=meta(
+        "Gradient-norm clipping threshold; 0 disables clipping.", min=0.0))
+    eval_every: int = field(default=100, metadata=meta(
+        "Evaluate on the validation split every N steps (and always at step 0 and at the "
+        "end); 0 evaluates only at the start and the end.", min=0))
+    eval_batches: int | None = field(default=None, metadata=meta(
+        "Cap on validation batches per evaluation; null uses the whole split.", min=1))
+    eval_batch_size: int = field(default=16, metadata=meta(
+        "Sequences per validation batch.", min=1))
+    checkpoint_every: int = field(default=100, metadata=meta(
+        "Write a checkpoint every N steps; 0 disables checkpoints.", min=0))
+    keep_checkpoints: int = field(default=2, metadata=meta(
+        "How many of the newest complete checkpoints to keep.", min=1))
+    log_every: int = field(default=1, metadata=meta(
+        "Write a metrics.jsonl row every N steps.", min=1))
+    mixed_precision: str = field(default="no", metadata=meta(
+        "Autocast precision, as accelerate allows.", choices=("no", "fp16", "bf16")))
+    cpu: bool = field(default=False, metadata=meta("Force the CPU even where a GPU exists."))
+
+
+@dataclass
+class Recipe:
+    output_dir: str = field(default="runs/quickstart", metadata=meta(
+        "Directory for metrics.jsonl, config.yaml, checkpoints/ and student/."))
+    seed: int = field(default=0, metadata=meta(
+        "Seeds initialisation, data order and every random draw; a CPU run is reproducible.",
+        min=0))
+    data: DataConfig = field(default_factory=DataConfig, metadata=meta("Text corpus and tokenizer."))
+    teacher: TeacherConfig = field(default_factory=TeacherConfig, metadata=meta("The teacher."))
+    student: ModelConfig = field(
+        default_factory=lambda: ModelConfig(preset="scout-tiny"),
+        metadata=meta("The student's architecture (a transformers Llama4ForCausalLM)."))
+    loss: LossConfig = field(default_factory=LossConfig, metadata=meta(
+        "How soft and hard targets are combined."))
+    train: TrainConfig = field(default_factory=TrainConfig, metadata=meta("The training loop."))

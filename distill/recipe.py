@@ -1,0 +1,97 @@
+"""Load a YAML recipe plus dotted overrides into a validated :class:`Recipe`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import yaml
+
+from distill.config import Recipe, ScheduleConfig
+from distill.errors import UserError
+from distill.schema import apply_override, build, parse_override, suggest, to_dict
+
+
+def load_recipe(path: str | Path | None, overrides: Sequence[str] = ()) -> Recipe:
+    """Read ``path`` (safe YAML only), apply ``key=value`` overrides, validate everything."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"recipe file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise UserError(f"{path} is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise UserError(f"{path}: a recipe must be a YAML mapping of sections, "
+                            f"got {type(loaded).__name__}.")
+        data = loaded or {}
+    for text in overrides:
+        parts, value = parse_override(text)
+        apply_override(data, parts, value)
+    recipe = build(Recipe, data)
+    validate(recipe)
+    return recipe
+
+
+def recipe_from_dict(data: dict[str, Any]) -> Recipe:
+    """Build and validate a recipe from a mapping (for Python callers and tests)."""
+    recipe = build(Recipe, data)
+    validate(recipe)
+    return recipe
+
+
+def _check_schedule(name: str, sched: ScheduleConfig, max_steps: int,
+                    allowed: str, ok: Callable[[float], bool]) -> None:
+    if sched.end is None:
+        sched.end = sched.start
+    if sched.total_steps is None:
+        sched.total_steps = max_steps
+    for attr in ("start", "end"):
+        value = getattr(sched, attr)
+        if not ok(value):
+            raise UserError(f"{name}.{attr}: got {value}; must be {allowed}.")
+    if sched.warmup_steps >= sched.total_steps and sched.start != sched.end:
+        raise UserError(f"{name}.warmup_steps ({sched.warmup_steps}) must be below "
+                        f"{name}.total_steps ({sched.total_steps}).")
+
+
+def _check_name(key: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise UserError(f"{key}: got {value!r}; allowed: {', '.join(allowed)}."
+                        f"{suggest(value, allowed)}")
+
+
+def validate(recipe: Recipe) -> None:
+    """Checks that span several fields; fills schedule defaults from ``train.max_steps``."""
+    import losses
+    import students
+
+    data = recipe.data
+    if data.source == "files" and not data.files:
+        raise UserError("data.files: source is 'files' but no files are listed.")
+    if data.source == "hub" and not data.hub_name:
+        raise UserError("data.hub_name: source is 'hub' but no dataset name is given.")
+    if recipe.teacher.kind == "hf" and not recipe.teacher.name_or_path:
+        raise UserError("teacher.name_or_path: kind 'hf' needs a checkpoint directory or hub name.")
+    _check_name("teacher.model.preset", recipe.teacher.model.preset, list(students.PRESETS))
+    _check_name("student.preset", recipe.student.preset, list(students.PRESETS))
+    for key, model in (("teacher.model", recipe.teacher.model), ("student", recipe.student)):
+        try:
+            students.check_overrides(f"{key}.overrides", model.overrides)
+            students.model_config(model.preset, model.overrides, vocab_size=data.vocab_size)
+        except ValueError as exc:
+            raise UserError(f"{key}: {exc}") from None
+    _check_name("loss.divergence", recipe.loss.divergence, list(losses.DIVERGENCES))
+    steps = recipe.train.max_steps
+    _check_schedule("loss.soft_weight", recipe.loss.soft_weight, steps,
+                    "in [0, 1]", lambda v: 0.0 <= v <= 1.0)
+    if recipe.loss.hard_weight is not None:
+        _check_schedule("loss.hard_weight", recipe.loss.hard_weight, steps, ">= 0", lambda v: v >= 0)
+    _check_schedule("loss.temperature", recipe.loss.temperature, steps, "> 0", lambda v: v > 0)
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The fully resolved recipe as YAML (what ``output_dir/config.yaml`` holds)."""
+    return yaml.safe_dump(to_dict(recipe), sort_keys=False)

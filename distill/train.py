@@ -1,0 +1,213 @@
+"""The training loop: one function, read top to bottom.
+
+Build everything, ``accelerator.prepare``, then a plain loop in which each optimizer step
+gathers its micro-batches, counts their valid target tokens, and runs forward/backward
+inside ``accelerator.accumulate``. The same code runs on one CPU and on many GPUs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import losses
+import students
+import teachers
+from distill.checkpoint import complete_checkpoints, load_latest_checkpoint, save_checkpoint
+from distill.config import Recipe
+from distill.corpus import load_corpus
+from distill.data import BlockOrder, prepare_data, split_block
+from distill.errors import TrainingStopped, UserError
+from distill.evaluation import validation_loss
+from distill.metrics import MetricsLog
+from distill.recipe import dump_recipe
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    first_val_loss: float | None
+    final_val_loss: float
+    steps: int
+
+
+def _check_output_dir(output_dir: Path, resume: bool) -> None:
+    used = (output_dir / "metrics.jsonl").exists() or complete_checkpoints(output_dir)
+    if used and not resume:
+        raise UserError(f"output_dir {output_dir} already holds a run; pass --resume to "
+                        "continue it, or choose another output_dir.")
+
+
+def _save_student(accelerator, student, tokenizer, output_dir: Path) -> None:
+    """save_pretrained into a staging directory, then rename: student/ is whole or absent."""
+    target = output_dir / "student"
+    staging = Path(tempfile.mkdtemp(dir=output_dir, prefix=".staging-student-"))
+    accelerator.unwrap_model(student).save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staging, target)
+
+
+def _optimizer_and_schedule(model, lr: float, train):
+    from transformers import get_scheduler
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=train.weight_decay)
+    name = "constant_with_warmup" if train.lr_schedule == "constant" else train.lr_schedule
+    scheduler = get_scheduler(name, optimizer, num_warmup_steps=train.warmup_steps,
+                              num_training_steps=train.max_steps)
+    return optimizer, scheduler
+
+
+def run(recipe: Recipe, resume: bool = False) -> RunResult:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    train = recipe.train
+    output_dir = Path(recipe.output_dir)
+    _check_output_dir(output_dir, resume)
+    # Schedules count optimizer steps, so the scheduler must step once per optimizer step
+    # whatever the number of processes (accelerate's default steps it num_processes times).
+    accelerator = Accelerator(gradient_accumulation_steps=train.grad_accum_steps,
+                              mixed_precision=train.mixed_precision, cpu=train.cpu,
+                              step_scheduler_with_optimizer=False)
+    main = accelerator.is_main_process
+    if main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    set_seed(recipe.seed)
+
+    with accelerator.main_process_first():  # the first process trains and caches the tokenizer
+        data = prepare_data(recipe.data, load_corpus(recipe.data))
+    tokenizer = data.tokenizer
+    vocab_size = len(tokenizer)
+
+    def model_config(model_cfg):
+        return students.model_config(model_cfg.preset, model_cfg.overrides, vocab_size,
+                                     eos_token_id=tokenizer.eos_token_id,
+                                     pad_token_id=tokenizer.pad_token_id)
+
+    student = students.build_model(model_config(recipe.student))
+    teacher = teachers.build(recipe.teacher, model_config=model_config(recipe.teacher.model),
+                             train=train)
+    if teacher.vocab_size != vocab_size:
+        raise UserError(f"teacher vocabulary ({teacher.vocab_size}) differs from the "
+                        f"tokenizer's ({vocab_size}); logit distillation needs one vocabulary.")
+    objective = losses.build_objective(recipe.loss)
+    optimizer, scheduler = _optimizer_and_schedule(student, train.lr, train)
+    student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
+    teacher.prepare(accelerator)
+    order = BlockOrder(len(data.train), train.micro_batch_size, recipe.seed,
+                       accelerator.process_index, accelerator.num_processes)
+
+    start_step, tokens_seen, first_val_loss = 0, 0, None
+    state = load_latest_checkpoint(accelerator, output_dir) if resume else None
+    if state is not None:
+        start_step, tokens_seen = state["step"], state["tokens"]
+        first_val_loss = state.get("first_val_loss")
+        order.load_state_dict(state["data_order"])
+    log = MetricsLog(output_dir / "metrics.jsonl", enabled=main)
+    log.truncate_after(start_step)
+    if main:
+        (output_dir / "config.yaml").write_text(dump_recipe(recipe))
+
+    def evaluate(step: int) -> float:
+        student.eval()
+        row = validation_loss(lambda ids: student(input_ids=ids).logits, data.validation,
+                              train.eval_batch_size, accelerator, train.eval_batches)
+        if teacher.trains:
+            teacher.model.eval()
+            row["teacher_val_loss"] = validation_loss(
+                teacher.logits, data.validation, train.eval_batch_size, accelerator,
+                train.eval_batches)["val_loss"]
+            teacher.model.train()
+        student.train()
+        log.write({"step": step, "tokens": tokens_seen, **row})
+        return row["val_loss"]
+
+    if start_step == 0:
+        first_val_loss = evaluate(0)
+    # accelerate's backward divides by gradient_accumulation_steps and DDP averages over
+    # processes; the loss is already a sum over the step's tokens divided by the step's
+    # token count, so undo both to get exactly that gradient.
+    loss_scale = accelerator.gradient_accumulation_steps * accelerator.num_processes
+    models = [student, teacher.model] if teacher.trains else [student]
+    bar = tqdm(total=train.max_steps, initial=start_step, disable=not main, desc="distill")
+    student.train()
+    last_time, last_tokens = time.perf_counter(), tokens_seen
+    for step in range(start_step, train.max_steps):
+        micro_batches = [split_block(data.train[order.next_indices()].to(accelerator.device))
+                         for _ in range(train.grad_accum_steps)]
+        local_tokens = sum(int((mb["labels"] != -100).sum()) for mb in micro_batches)
+        step_tokens = int(accelerator.reduce(
+            torch.tensor(local_tokens, device=accelerator.device), "sum"))
+        sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
+        weights: dict[str, float] = {}
+        for mb in micro_batches:
+            with accelerator.accumulate(*models), accelerator.autocast():
+                teacher_logits = teacher.logits(mb["input_ids"])
+                student_logits = student(input_ids=mb["input_ids"]).logits
+                out = objective(student_logits, teacher_logits, mb["labels"], step,
+                                max(step_tokens, 1))
+                loss = out.total
+                if teacher.trains:  # the teacher learns the hard targets in the same pass
+                    teacher_ce = losses.token_cross_entropy(
+                        teacher_logits, mb["labels"]).sum() / max(step_tokens, 1)
+                    loss = loss + teacher_ce
+                    out.terms["teacher_ce"] = teacher_ce.detach()
+                accelerator.backward(loss * loss_scale)
+            for name, value in out.terms.items():
+                sums[name] = sums[name] + value.float().cpu()
+            weights = out.weights
+        # Terms are per-process shares of the step mean: sum them across processes.
+        terms = {k: float(accelerator.reduce(v.to(accelerator.device), "sum"))
+                 for k, v in sums.items()}
+        terms["loss"] = weights["hard_weight"] * terms["ce"] + (
+            weights["soft_weight"] * weights["temperature"] ** 2 * terms.get("kd", 0.0))
+        for name, value in terms.items():
+            if not math.isfinite(value):
+                raise TrainingStopped(
+                    f"non-finite {name} ({value}) at step {step + 1}; the run stopped before "
+                    f"the optimizer step. Last good checkpoint: "
+                    f"{(complete_checkpoints(output_dir) or ['none'])[-1]}")
+        if train.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(student.parameters(), train.max_grad_norm)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        teacher.step(accelerator, train.max_grad_norm)
+        tokens_seen += step_tokens
+        done = step + 1
+
+        now = time.perf_counter()
+        tokens_per_s = (tokens_seen - last_tokens) / max(now - last_time, 1e-9)
+        last_time, last_tokens = now, tokens_seen
+        if done % train.log_every == 0 or done == train.max_steps:
+            log.write({"step": done, "tokens": tokens_seen, "lr": lr, **terms, **weights,
+                       "tokens_per_s": tokens_per_s})
+        bar.set_postfix({"loss": f"{terms['loss']:.3f}", "ce": f"{terms['ce']:.3f}",
+                         "kd": f"{terms.get('kd', 0.0):.3f}", "tok/s": f"{tokens_per_s:.0f}"},
+                        refresh=False)
+        bar.update(1)
+        if train.eval_every and done % train.eval_every == 0 and done != train.max_steps:
+            evaluate(done)
+        if train.checkpoint_every and done % train.checkpoint_every == 0:
+            save_checkpoint(accelerator, output_dir, done,
+                            {"tokens": tokens_seen, "data_order": order.state_dict(),
+                             "first_val_loss": first_val_loss}, train.keep_checkpoints)
+    bar.close()
+    final_val_loss = evaluate(train.max_steps)
+    if main:
+        _save_student(accelerator, student, tokenizer, output_dir)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return RunResult(output_dir=output_dir, first_val_loss=first_val_loss,
+                     final_val_loss=final_val_loss, steps=train.max_steps)
