@@ -101,6 +101,12 @@ def load_corpus(cfg: DataConfig) -> Corpus:
         docs, description = _file_documents(cfg.files, cfg.text_field), f"files {cfg.files}"
     else:
         docs, description = _hub_documents(cfg), f"hub dataset {cfg.hub_name}"
+    # Exact duplicates (the stdlib ships a few identical files) would leak validation text
+    # into training; keep the first copy of each.
+    unique: dict[str, tuple[str, str]] = {}
+    for key, text in docs:
+        unique.setdefault(text, (key, text))
+    docs = list(unique.values())
     if cfg.max_chars is not None:
         kept, total = [], 0
         for key, text in docs:

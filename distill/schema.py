@@ -183,8 +183,8 @@ def reference_markdown(cls: type, prefix: str = "") -> str:
             shown = "(section)" if not hasattr(default, "start") else f"{to_dict(default)}"
         else:
             shown = "null" if default is None else f"`{default!r}`"
-        rows.append(f"| `{key}` | {_type_name(hints[f.name])} | {shown} | "
-                    f"{info.get('help', '')} {'Allowed: ' + ', '.join(allowed) + '.' if allowed else ''} |")
+        meaning = info.get("help", "") + (f" Allowed: {', '.join(allowed)}." if allowed else "")
+        rows.append(f"| `{key}` | {_type_name(hints[f.name])} | {shown} | {meaning} |")
         if dataclasses.is_dataclass(inner) and not hasattr(inner, "start"):
             nested.append((key, inner))
     text = "\n".join(rows)

@@ -66,6 +66,36 @@ def _optimizer_and_schedule(model, lr: float, train):
     return optimizer, scheduler
 
 
+def forward_backward(accelerator, student, teacher, objective, micro_batches: list[dict],
+                     step: int, step_tokens: int) -> tuple[dict[str, torch.Tensor], dict]:
+    """Forward and backward over one optimizer step's micro-batches; gradients accumulate
+    in the models. Returns this process's share of each logged term and the weights."""
+    # accelerate's backward divides by gradient_accumulation_steps and DDP averages over
+    # processes; the loss is already a sum over the step's tokens divided by the step's
+    # token count, so undo both to get exactly that gradient.
+    loss_scale = accelerator.gradient_accumulation_steps * accelerator.num_processes
+    models = [student, teacher.model] if teacher.trains else [student]
+    denominator = max(step_tokens, 1)  # a step with no valid target gives zero, not NaN
+    sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
+    weights: dict[str, float] = {}
+    for mb in micro_batches:
+        with accelerator.accumulate(*models), accelerator.autocast():
+            teacher_logits = teacher.logits(mb["input_ids"])
+            student_logits = student(input_ids=mb["input_ids"]).logits
+            out = objective(student_logits, teacher_logits, mb["labels"], step, denominator)
+            loss = out.total
+            if teacher.trains:  # the teacher learns the hard targets in the same pass
+                teacher_ce = losses.token_cross_entropy(
+                    teacher_logits, mb["labels"]).sum() / denominator
+                loss = loss + teacher_ce
+                out.terms["teacher_ce"] = teacher_ce.detach()
+            accelerator.backward(loss * loss_scale)
+        for name, value in out.terms.items():
+            sums[name] = sums[name] + value.float().cpu()
+        weights = out.weights
+    return sums, weights
+
+
 def run(recipe: Recipe, resume: bool = False) -> RunResult:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -134,11 +164,6 @@ def run(recipe: Recipe, resume: bool = False) -> RunResult:
 
     if start_step == 0:
         first_val_loss = evaluate(0)
-    # accelerate's backward divides by gradient_accumulation_steps and DDP averages over
-    # processes; the loss is already a sum over the step's tokens divided by the step's
-    # token count, so undo both to get exactly that gradient.
-    loss_scale = accelerator.gradient_accumulation_steps * accelerator.num_processes
-    models = [student, teacher.model] if teacher.trains else [student]
     bar = tqdm(total=train.max_steps, initial=start_step, disable=not main, desc="distill")
     student.train()
     last_time, last_tokens = time.perf_counter(), tokens_seen
@@ -148,24 +173,8 @@ def run(recipe: Recipe, resume: bool = False) -> RunResult:
         local_tokens = sum(int((mb["labels"] != -100).sum()) for mb in micro_batches)
         step_tokens = int(accelerator.reduce(
             torch.tensor(local_tokens, device=accelerator.device), "sum"))
-        sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
-        weights: dict[str, float] = {}
-        for mb in micro_batches:
-            with accelerator.accumulate(*models), accelerator.autocast():
-                teacher_logits = teacher.logits(mb["input_ids"])
-                student_logits = student(input_ids=mb["input_ids"]).logits
-                out = objective(student_logits, teacher_logits, mb["labels"], step,
-                                max(step_tokens, 1))
-                loss = out.total
-                if teacher.trains:  # the teacher learns the hard targets in the same pass
-                    teacher_ce = losses.token_cross_entropy(
-                        teacher_logits, mb["labels"]).sum() / max(step_tokens, 1)
-                    loss = loss + teacher_ce
-                    out.terms["teacher_ce"] = teacher_ce.detach()
-                accelerator.backward(loss * loss_scale)
-            for name, value in out.terms.items():
-                sums[name] = sums[name] + value.float().cpu()
-            weights = out.weights
+        sums, weights = forward_backward(accelerator, student, teacher, objective,
+                                         micro_batches, step, step_tokens)
         # Terms are per-process shares of the step mean: sum them across processes.
         terms = {k: float(accelerator.reduce(v.to(accelerator.device), "sum"))
                  for k, v in sums.items()}

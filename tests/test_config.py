@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from distill.config import Recipe
+from distill.errors import UserError
+from distill.recipe import dump_recipe, load_recipe
+from distill.schema import reference_markdown
+from tests.conftest import REPO, run_cli
+
+QUICKSTART = REPO / "recipes" / "quickstart.yaml"
+
+
+def test_quickstart_loads_with_typed_overrides():
+    recipe = load_recipe(QUICKSTART, ["train.max_steps=50", "output_dir=runs/a", "seed=3",
+                                      "train.eval_every=10", "train.checkpoint_every=25",
+                                      "student.overrides.num_hidden_layers=4",
+                                      "loss.temperature=2"])
+    assert isinstance(recipe, Recipe)
+    assert recipe.train.max_steps == 50 and recipe.seed == 3 and recipe.output_dir == "runs/a"
+    assert recipe.student.overrides == {"num_hidden_layers": 4}
+    assert recipe.loss.temperature.kind == "constant" and recipe.loss.temperature.start == 2.0
+    # schedules without an explicit end or horizon are resolved against the step budget
+    assert recipe.loss.soft_weight.total_steps == 50
+    assert recipe.loss.temperature.end == 2.0
+
+
+@pytest.mark.parametrize("recipe_path", sorted((REPO / "recipes").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_recipe_validates(recipe_path: Path):
+    recipe = load_recipe(recipe_path)
+    # the resolved form round-trips: config.yaml reloads to the same recipe
+    assert dump_recipe(_reload(recipe)) == dump_recipe(recipe)
+
+
+def _reload(recipe: Recipe) -> Recipe:
+    import yaml
+
+    from distill.recipe import recipe_from_dict
+
+    return recipe_from_dict(yaml.safe_load(dump_recipe(recipe)))
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("train.max_stesp=5", "unknown key 'train.max_stesp'.*Did you mean 'max_steps'"),
+    ("trian.max_steps=5", "unknown key 'trian'.*Did you mean 'train'"),
+    ("train.max_steps=abc", r"train.max_steps: got 'abc' \(str\); expected an integer"),
+    ("train.max_steps=0", r"train.max_steps: got 0; must be >= 1"),
+    ("train.lr_schedule=cosin", r"allowed: cosine, linear, constant.*Did you mean 'cosine'"),
+    ("data.source=web", r"data.source: got 'web'; allowed: stdlib, files, hub"),
+    ("loss.soft_weight.start=1.5", r"loss.soft_weight.start: got 1.5; must be in \[0, 1\]"),
+    ("loss.temperature=0", r"loss.temperature.start: got 0.0; must be > 0"),
+    ("loss.divergence=forward_kll", r"Did you mean 'forward_kl'"),
+    ("student.preset=scout-tyni", r"student.preset.*Did you mean 'scout-tiny'"),
+    ("student.overrides.hidden_sise=3", r"Did you mean 'hidden_size'"),
+    ("data.source=files", r"data.files: source is 'files' but no files are listed"),
+    ("train.cpu=maybe", r"train.cpu: got 'maybe' \(str\); expected true or false"),
+    ("seed", r"not of the form key=value"),
+])
+def test_bad_values_are_refused_with_the_key_named(override: str, expected: str):
+    with pytest.raises(UserError, match=expected):
+        load_recipe(QUICKSTART, [override])
+
+
+def test_unsafe_yaml_and_non_mapping_are_refused(tmp_path: Path):
+    unsafe = tmp_path / "unsafe.yaml"
+    unsafe.write_text("seed: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_recipe(unsafe)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n")
+    with pytest.raises(UserError, match="must be a YAML mapping"):
+        load_recipe(listing)
+
+
+def test_cli_bad_input_exits_2_without_traceback(tmp_path: Path):
+    for args, message in [
+        (["run", str(tmp_path / "missing.yaml")], "recipe file not found"),
+        (["run", str(QUICKSTART), "train.max_step=5"], "Did you mean 'max_steps'"),
+        (["run", str(QUICKSTART), "train.eval_every=-1"], "train.eval_every: got -1"),
+    ]:
+        result = run_cli(*args, timeout=120)
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_recipe_reference_doc_is_current():
+    doc = (REPO / "docs" / "recipe-reference.md").read_text()
+    assert reference_markdown(Recipe) in doc, \
+        "docs/recipe-reference.md is stale: run `python -m distill.reference > docs/recipe-reference.md`"

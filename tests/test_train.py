@@ -1,0 +1,214 @@
+"""The loop: gradient accumulation, end-to-end CLI runs, resume after SIGKILL, NaN stops."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import losses
+import students
+from distill.checkpoint import complete_checkpoints
+from distill.errors import TrainingStopped, UserError
+from distill.metrics import read_metrics
+from distill.recipe import load_recipe
+from teachers.codistill import CodistillTeacher
+from tests.conftest import REPO, TINY_MODEL, run_cli, tiny_overrides
+
+QUICKSTART = str(REPO / "recipes" / "quickstart.yaml")
+
+
+def _fresh_accelerator(grad_accum: int):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    return Accelerator(gradient_accumulation_steps=grad_accum, cpu=True)
+
+
+def _step_gradients(micro_batches: list[dict], grad_accum: int, step_tokens: int):
+    from distill.train import forward_backward
+
+    accelerator = _fresh_accelerator(grad_accum)
+    config = students.model_config("scout-tiny", TINY_MODEL, vocab_size=50)
+    torch.manual_seed(0)
+    student = accelerator.prepare(students.build_model(config))
+    teacher = CodistillTeacher(students.build_model(config), lr=1e-3, weight_decay=0.0,
+                               warmup_steps=0, total_steps=10, lr_schedule="constant")
+    teacher.prepare(accelerator)
+    objective = losses.Objective("forward_kl", losses.Schedule("constant", 0.4, 0.4, 0, 10),
+                                 losses.Schedule("constant", 2.0, 2.0, 0, 10))
+    forward_backward(accelerator, student, teacher, objective, micro_batches, 0, step_tokens)
+    return ([p.grad.clone() for p in student.parameters()],
+            [p.grad.clone() for p in teacher.model.parameters()], student, teacher)
+
+
+def test_one_by_eight_equals_eight_by_one_and_the_plain_formula():
+    torch.manual_seed(1)
+    ids = torch.randint(0, 50, (8, 10))
+    labels = torch.randint(0, 50, (8, 10))
+    for row in range(8):  # unequal numbers of valid targets per sequence
+        labels[row, : row + 1] = -100
+    step_tokens = int((labels != -100).sum())
+    whole = [{"input_ids": ids, "labels": labels}]
+    split = [{"input_ids": ids[i:i + 1], "labels": labels[i:i + 1]} for i in range(8)]
+    s1, t1, student, teacher = _step_gradients(whole, 1, step_tokens)
+    s8, t8, _, _ = _step_gradients(split, 8, step_tokens)
+    for a, b in zip(s1 + t1, s8 + t8):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+    # Independent reference: the step's loss written out over all valid tokens at once.
+    student.zero_grad()
+    teacher.model.zero_grad()
+    valid = labels != -100
+    s_logits, t_logits = student(input_ids=ids).logits, teacher.model(input_ids=ids).logits
+    ce = torch.nn.functional.cross_entropy(s_logits[valid], labels[valid])
+    p = torch.log_softmax(t_logits.detach()[valid] / 2.0, -1)
+    q = torch.log_softmax(s_logits[valid] / 2.0, -1)
+    kd = (p.exp() * (p - q)).sum(-1).mean()
+    teacher_ce = torch.nn.functional.cross_entropy(t_logits[valid], labels[valid])
+    (0.6 * ce + 0.4 * 4.0 * kd + teacher_ce).backward()
+    reference = [p.grad for p in student.parameters()] + [p.grad for p in teacher.model.parameters()]
+    for a, b in zip(s1 + t1, reference):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, cache_dir) -> Path:
+    """One uninterrupted tiny run through the CLI, shared by the tests below."""
+    out = tmp_path_factory.mktemp("runs") / "full"
+    result = run_cli("run", QUICKSTART, *tiny_overrides(out, cache_dir, **{"train.max_steps": 24}))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_cli_run_writes_every_output(finished_run: Path):
+    rows = read_metrics(finished_run / "metrics.jsonl")
+    train_rows = [r for r in rows if "loss" in r]
+    eval_rows = [r for r in rows if "val_loss" in r]
+    assert [r["step"] for r in train_rows] == list(range(1, 25))
+    for key in ("step", "tokens", "lr", "loss", "ce", "kd", "soft_weight", "temperature"):
+        assert key in train_rows[0]
+    assert [r["step"] for r in eval_rows] == [0, 6, 12, 18, 24]
+    assert all("val_ppl" in r for r in eval_rows)
+    assert eval_rows[-1]["val_loss"] < eval_rows[0]["val_loss"] - 0.5
+    # the soft weight follows the quickstart's linear schedule 0.2 -> 0.7 over 24 steps
+    assert train_rows[12]["soft_weight"] == pytest.approx(0.2 + 0.5 * 12 / 24)
+    assert train_rows[0]["tokens"] == 4 * 32
+
+    resolved = load_recipe(finished_run / "config.yaml")
+    assert resolved.train.max_steps == 24 and resolved.loss.soft_weight.total_steps == 24
+    assert [p.name for p in complete_checkpoints(finished_run)] == ["step-00000018",
+                                                                  "step-00000024"]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(finished_run / "student")
+    tokenizer = AutoTokenizer.from_pretrained(finished_run / "student")
+    assert type(model).__name__ == "Llama4ForCausalLM"
+    assert model.config.vocab_size == len(tokenizer) == 512
+
+
+def test_second_run_in_same_output_dir_is_refused(finished_run: Path, cache_dir):
+    result = run_cli("run", QUICKSTART, *tiny_overrides(finished_run, cache_dir))
+    assert result.returncode == 2 and "already holds a run" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_sigkill_then_resume_matches_uninterrupted(finished_run: Path, tmp_path, cache_dir):
+    out = tmp_path / "killed"
+    args = ["run", QUICKSTART, *tiny_overrides(out, cache_dir, **{"train.max_steps": 24})]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "distill", *args], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not complete_checkpoints(out) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (out / "student").exists()
+
+    resumed = run_cli(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = [r for r in read_metrics(out / "metrics.jsonl") if "val_loss" in r]
+    expected = [r for r in read_metrics(finished_run / "metrics.jsonl") if "val_loss" in r]
+    assert [r["step"] for r in final] == [r["step"] for r in expected]
+    assert final[-1]["val_loss"] == pytest.approx(expected[-1]["val_loss"], rel=1e-6, abs=1e-6)
+
+
+def test_frozen_hf_teacher_from_a_saved_checkpoint(finished_run: Path, tmp_path, cache_dir):
+    student_dir = finished_run / "student"
+    out = tmp_path / "hf"
+    recipe = load_recipe(QUICKSTART, tiny_overrides(
+        out, cache_dir, **{"teacher.kind": "hf", "teacher.name_or_path": str(student_dir),
+                           "data.tokenizer": str(student_dir), "train.max_steps": 4,
+                           "train.checkpoint_every": 0}))
+    from distill.train import run
+
+    result = run(recipe)
+    rows = read_metrics(out / "metrics.jsonl")
+    assert "teacher_ce" not in rows[1] and rows[1]["kd"] > 0
+    assert result.final_val_loss < result.first_val_loss
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, cache_dir, monkeypatch):
+    import distill.train as train_module
+
+    real_build = losses.build_objective
+
+    def poisoned_build(cfg):
+        objective = real_build(cfg)
+        real_call = objective.__call__
+
+        class Poisoned:
+            def __getattr__(self, name):
+                return getattr(objective, name)
+
+            def __call__(self, student_logits, *args, **kwargs):
+                step = args[2] if len(args) > 2 else kwargs["step"]
+                if step >= 7:  # the 8th optimizer step
+                    student_logits = student_logits * float("nan")
+                return real_call(student_logits, *args, **kwargs)
+
+        return Poisoned()
+
+    monkeypatch.setattr(train_module.losses, "build_objective", poisoned_build)
+    out = tmp_path / "nan"
+    recipe = load_recipe(QUICKSTART, tiny_overrides(out, cache_dir))
+    with pytest.raises(TrainingStopped, match=r"non-finite ce \(nan\) at step 8"):
+        train_module.run(recipe)
+    kept = complete_checkpoints(out)
+    assert [p.name for p in kept] == ["step-00000006"]
+    state = json.loads((kept[0] / "trainer_state.json").read_text())
+    assert state["step"] == 6
+
+
+def test_same_seed_same_run(tmp_path, cache_dir):
+    from distill.train import run
+
+    results = []
+    for name in ("a", "b"):
+        recipe = load_recipe(QUICKSTART, tiny_overrides(
+            tmp_path / name, cache_dir, **{"train.max_steps": 5, "train.checkpoint_every": 0}))
+        run(recipe)
+        rows = read_metrics(tmp_path / name / "metrics.jsonl")
+        results.append([{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rows])
+    assert results[0] == results[1]
+
+
+def test_resume_without_checkpoint_and_missing_output_dir_ok(tmp_path, cache_dir):
+    with pytest.raises(UserError, match="already holds a run"):
+        out = tmp_path / "x"
+        out.mkdir()
+        (out / "metrics.jsonl").write_text("")
+        from distill.train import run
+
+        run(load_recipe(QUICKSTART, tiny_overrides(out, cache_dir)))
