@@ -11,6 +11,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# No test downloads anything: every model, tokenizer and dataset is made locally.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+
 # Tiny Llama-4-style models: same layer pattern as the presets, a few thousand parameters.
 TINY_MODEL = {"hidden_size": 32, "num_attention_heads": 2, "num_key_value_heads": 1,
               "head_dim": 16, "num_local_experts": 4, "intermediate_size": 32,
