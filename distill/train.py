@@ -126,7 +126,8 @@ def run(recipe: Recipe, resume: bool = False) -> RunResult:
 
     student = students.build_model(model_config(recipe.student))
     teacher = teachers.build(recipe.teacher, model_config=model_config(recipe.teacher.model),
-                             train=train)
+                             make_optimizer=lambda model, lr: _optimizer_and_schedule(
+                                 model, lr, train))
     if teacher.vocab_size != vocab_size:
         raise UserError(f"teacher vocabulary ({teacher.vocab_size}) differs from the "
                         f"tokenizer's ({vocab_size}); logit distillation needs one vocabulary.")

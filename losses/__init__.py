@@ -6,8 +6,7 @@ Public interface: ``divergence``, ``per_token_divergence``, ``token_cross_entrop
 
 from __future__ import annotations
 
-from losses.divergences import (DIVERGENCES, divergence, per_token_divergence,
-                                token_cross_entropy)
+from losses.divergences import DIVERGENCES, divergence, per_token_divergence, token_cross_entropy
 from losses.objective import LossTerms, Objective
 from losses.schedules import SHAPES, Schedule, schedule_from
 

@@ -14,22 +14,22 @@ from teachers.hf import HFTeacher
 __all__ = ["TEACHERS", "Teacher", "build"]
 
 
-def _codistill(cfg, *, model_config, train) -> Teacher:
+def _codistill(cfg, *, model_config, make_optimizer) -> Teacher:
     import students
 
-    return CodistillTeacher(students.build_model(model_config), lr=cfg.lr,
-                            weight_decay=train.weight_decay, warmup_steps=train.warmup_steps,
-                            total_steps=train.max_steps, lr_schedule=train.lr_schedule)
+    model = students.build_model(model_config)
+    return CodistillTeacher(model, *make_optimizer(model, cfg.lr))
 
 
-def _hf(cfg, *, model_config, train) -> Teacher:
+def _hf(cfg, *, model_config, make_optimizer) -> Teacher:
     return HFTeacher(cfg.name_or_path, dtype=cfg.dtype)
 
 
 TEACHERS: dict[str, Callable[..., Teacher]] = {"codistill": _codistill, "hf": _hf}
 
 
-def build(cfg, *, model_config, train) -> Teacher:
+def build(cfg, *, model_config, make_optimizer) -> Teacher:
     """The teacher named by ``cfg.kind``. ``model_config`` is the transformers config a
-    teacher built from scratch uses; ``train`` gives the step budget and LR schedule shape."""
-    return TEACHERS[cfg.kind](cfg, model_config=model_config, train=train)
+    teacher built from scratch uses; ``make_optimizer(model, lr)`` returns the
+    (optimizer, LR scheduler) pair of a teacher that trains."""
+    return TEACHERS[cfg.kind](cfg, model_config=model_config, make_optimizer=make_optimizer)

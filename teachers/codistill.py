@@ -9,16 +9,12 @@ import torch
 class CodistillTeacher:
     trains = True
 
-    def __init__(self, model: torch.nn.Module, lr: float, weight_decay: float,
-                 warmup_steps: int, total_steps: int, lr_schedule: str) -> None:
-        from transformers import get_scheduler
-
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 scheduler) -> None:
         self.model = model
         self.vocab_size = model.config.vocab_size
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-        name = "constant_with_warmup" if lr_schedule == "constant" else lr_schedule
-        self.scheduler = get_scheduler(name, self.optimizer, num_warmup_steps=warmup_steps,
-                                       num_training_steps=total_steps)
+        self.optimizer = optimizer
+        self.scheduler = scheduler
 
     def prepare(self, accelerator) -> None:
         self.model, self.optimizer, self.scheduler = accelerator.prepare(

@@ -41,8 +41,10 @@ def _step_gradients(micro_batches: list[dict], grad_accum: int, step_tokens: int
     config = students.model_config("scout-tiny", TINY_MODEL, vocab_size=50)
     torch.manual_seed(0)
     student = accelerator.prepare(students.build_model(config))
-    teacher = CodistillTeacher(students.build_model(config), lr=1e-3, weight_decay=0.0,
-                               warmup_steps=0, total_steps=10, lr_schedule="constant")
+    teacher_model = students.build_model(config)
+    optimizer = torch.optim.AdamW(teacher_model.parameters(), lr=1e-3)
+    teacher = CodistillTeacher(teacher_model, optimizer,
+                               torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0))
     teacher.prepare(accelerator)
     objective = losses.Objective("forward_kl", losses.Schedule("constant", 0.4, 0.4, 0, 10),
                                  losses.Schedule("constant", 2.0, 2.0, 0, 10))
