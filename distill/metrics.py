@@ -14,13 +14,20 @@ class MetricsLog:
         self.path = Path(path)
         self.enabled = enabled
 
-    def truncate_after(self, step: int) -> None:
+    def truncate_after(self, step: int, final_step: int) -> None:
         """Drop rows past ``step`` (written by a run that was killed after its last
-        checkpoint), so a resumed run's log has each step once."""
+        checkpoint), so a resumed run's log has each step once. Resuming a finished run
+        evaluates it again, so its final evaluation row goes too."""
         if not self.enabled or not self.path.exists():
             return
+
+        def keep(row: dict[str, Any]) -> bool:
+            if "val_loss" in row and row["step"] == final_step == step:
+                return False
+            return row.get("step", 0) <= step
+
         rows = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+                if line.strip() and keep(json.loads(line))]
         tmp = self.path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(row + "\n" for row in rows))
         os.replace(tmp, self.path)

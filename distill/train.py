@@ -145,7 +145,7 @@ def run(recipe: Recipe, resume: bool = False) -> RunResult:
         first_val_loss = state.get("first_val_loss")
         order.load_state_dict(state["data_order"])
     log = MetricsLog(output_dir / "metrics.jsonl", enabled=main)
-    log.truncate_after(start_step)
+    log.truncate_after(start_step, train.max_steps)
     if main:
         (output_dir / "config.yaml").write_text(dump_recipe(recipe))
 

@@ -145,6 +145,12 @@ def test_sigkill_then_resume_matches_uninterrupted(finished_run: Path, tmp_path,
     assert [r["step"] for r in final] == [r["step"] for r in expected]
     assert final[-1]["val_loss"] == pytest.approx(expected[-1]["val_loss"], rel=1e-6, abs=1e-6)
 
+    # resuming a finished run re-evaluates it without duplicating a row
+    again = run_cli(*args, "--resume")
+    assert again.returncode == 0, again.stderr[-3000:]
+    steps = [(r["step"], "val_loss" in r) for r in read_metrics(out / "metrics.jsonl")]
+    assert len(steps) == len(set(steps))
+
 
 def test_frozen_hf_teacher_from_a_saved_checkpoint(finished_run: Path, tmp_path, cache_dir):
     student_dir = finished_run / "student"
