@@ -14,7 +14,9 @@ from typing import Any
 
 from distill.schema import meta
 
-SCHEDULE_KINDS = ("constant", "linear", "cosine")
+SCHEDULE_KINDS = ("constant", "linear", "cosine", "exponential", "step", "wsd")
+DIVERGENCE_KINDS = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd", "akl")
+ADAPTIVE_KINDS = ("none", "teacher_confidence", "loss_balance", "uncertainty")
 
 
 @dataclass
@@ -27,9 +29,18 @@ class ScheduleConfig:
     end: float | None = field(default=None, metadata=meta(
         "Value at `total_steps` and after; null means the same as `start`."))
     warmup_steps: int = field(default=0, metadata=meta(
-        "Steps during which the value is held at `start` before the shape begins.", min=0))
+        "Steps before the shape begins; the value is `start` during them (or ramps from "
+        "`warmup_start`).", min=0))
+    warmup_start: float | None = field(default=None, metadata=meta(
+        "If set, the value ramps linearly from this to `start` during warmup."))
     total_steps: int | None = field(default=None, metadata=meta(
         "Step at which `end` is reached; null means `train.max_steps`.", min=1))
+    rate: float = field(default=5.0, metadata=meta(
+        "`exponential` only: how front-loaded the change is.", min=1e-6))
+    stages: int = field(default=4, metadata=meta(
+        "`step` only: number of equal plateaus between start and end.", min=1))
+    decay_fraction: float = field(default=0.2, metadata=meta(
+        "`wsd` only: final share of the post-warmup span spent decaying.", min=1e-6, max=1.0))
 
 
 @dataclass
@@ -99,7 +110,8 @@ class TeacherConfig:
 @dataclass
 class LossConfig:
     divergence: str = field(default="forward_kl", metadata=meta(
-        "Divergence between teacher and student distributions (see `losses.DIVERGENCES`)."))
+        "Divergence between teacher p and student q at temperature T (formulas in "
+        "docs/losses.md).", choices=DIVERGENCE_KINDS))
     soft_weight: ScheduleConfig = field(
         default_factory=lambda: ScheduleConfig(start=0.5), metadata=meta(
             "Weight alpha of the soft (teacher) term, a schedule of the step, in [0, 1]."))
@@ -109,6 +121,29 @@ class LossConfig:
         default_factory=lambda: ScheduleConfig(start=1.0), metadata=meta(
             "Softmax temperature T of both distributions in the soft term (the term is "
             "multiplied by T^2 so its gradient scale does not depend on T)."))
+    beta: ScheduleConfig = field(
+        default_factory=lambda: ScheduleConfig(start=0.5), metadata=meta(
+            "`jsd` only: the teacher's weight in the mixture, in [0, 1]; 0 is forward KL, "
+            "1 reverse KL."))
+    skew: float = field(default=0.1, metadata=meta(
+        "`skew_kl` / `skew_reverse_kl` only: the mixture share a.", min=0.0, max=1.0))
+    akl_head_mass: float = field(default=0.5, metadata=meta(
+        "`akl` only: teacher probability mass that defines the head.", min=1e-6, max=1.0))
+    adaptive: str = field(default="none", metadata=meta(
+        "Adaptive weighting on top of the schedules (docs/losses.md).",
+        choices=ADAPTIVE_KINDS))
+    balance_momentum: float = field(default=0.9, metadata=meta(
+        "`loss_balance` only: momentum of the running averages.", min=0.0, max=0.9999))
+    router_aux_weight: ScheduleConfig = field(
+        default_factory=lambda: ScheduleConfig(start=0.0), metadata=meta(
+            "Weight of the student's MoE router load-balancing loss; 0 skips computing it."))
+    fused: str = field(default="auto", metadata=meta(
+        "Memory-bounded chunked loss from hidden states: `auto` uses it whenever teacher "
+        "and student expose hidden states and a plain linear output head.",
+        choices=("auto", "on", "off")))
+    chunk_size: int = field(default=256, metadata=meta(
+        "Tokens per chunk in the fused path: peak loss memory is about 8 x chunk_size x "
+        "vocabulary x 4 bytes.", min=1))
 
 
 @dataclass

@@ -48,9 +48,9 @@ def _check_schedule(name: str, sched: ScheduleConfig, max_steps: int,
         sched.end = sched.start
     if sched.total_steps is None:
         sched.total_steps = max_steps
-    for attr in ("start", "end"):
+    for attr in ("start", "end", "warmup_start"):
         value = getattr(sched, attr)
-        if not ok(value):
+        if value is not None and not ok(value):
             raise UserError(f"{name}.{attr}: got {value}; must be {allowed}.")
     if sched.warmup_steps >= sched.total_steps and sched.start != sched.end:
         raise UserError(f"{name}.warmup_steps ({sched.warmup_steps}) must be below "
@@ -65,7 +65,6 @@ def _check_name(key: str, value: str, allowed: Sequence[str]) -> None:
 
 def validate(recipe: Recipe) -> None:
     """Checks that span several fields; fills schedule defaults from ``train.max_steps``."""
-    import losses
     import students
 
     data = recipe.data
@@ -83,13 +82,15 @@ def validate(recipe: Recipe) -> None:
             students.model_config(model.preset, model.overrides, vocab_size=data.vocab_size)
         except ValueError as exc:
             raise UserError(f"{key}: {exc}") from None
-    _check_name("loss.divergence", recipe.loss.divergence, list(losses.DIVERGENCES))
     steps = recipe.train.max_steps
     _check_schedule("loss.soft_weight", recipe.loss.soft_weight, steps,
                     "in [0, 1]", lambda v: 0.0 <= v <= 1.0)
     if recipe.loss.hard_weight is not None:
         _check_schedule("loss.hard_weight", recipe.loss.hard_weight, steps, ">= 0", lambda v: v >= 0)
     _check_schedule("loss.temperature", recipe.loss.temperature, steps, "> 0", lambda v: v > 0)
+    _check_schedule("loss.beta", recipe.loss.beta, steps, "in [0, 1]", lambda v: 0.0 <= v <= 1.0)
+    _check_schedule("loss.router_aux_weight", recipe.loss.router_aux_weight, steps, ">= 0",
+                    lambda v: v >= 0)
 
 
 def dump_recipe(recipe: Recipe) -> str:

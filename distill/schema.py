@@ -117,6 +117,9 @@ def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     kwargs = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
+        choices = fields[name].metadata.get("choices") or ()
+        if isinstance(value, bool) and {"on", "off"} <= set(choices):
+            value = "on" if value else "off"  # YAML 1.1 reads a bare on/off as a boolean
         kwargs[name] = _convert(value, hints[name], key)
         _check_range(kwargs[name], dict(fields[name].metadata), key)
     return cls(**kwargs)
@@ -180,7 +183,12 @@ def reference_markdown(cls: type, prefix: str = "") -> str:
             allowed.append(f"<= {info['max']}")
         default = getattr(defaults, f.name)
         if dataclasses.is_dataclass(default):
-            shown = "(section)" if not hasattr(default, "start") else f"{to_dict(default)}"
+            if hasattr(default, "start"):  # a schedule: show what differs from a bare one
+                bare = to_dict(type(default)())
+                shown = "`" + ", ".join(f"{k}: {v}" for k, v in to_dict(default).items()
+                                        if v != bare[k] or k in ("kind", "start")) + "`"
+            else:
+                shown = "(section)"
         else:
             shown = "null" if default is None else f"`{default!r}`"
         meaning = info.get("help", "") + (f" Allowed: {', '.join(allowed)}." if allowed else "")

@@ -28,6 +28,7 @@ from distill.data import BlockOrder, prepare_data, split_block
 from distill.errors import TrainingStopped, UserError
 from distill.evaluation import validation_loss
 from distill.metrics import MetricsLog
+from distill.modules import LMWithObjective
 from distill.recipe import dump_recipe
 
 
@@ -46,11 +47,11 @@ def _check_output_dir(output_dir: Path, resume: bool) -> None:
                         "continue it, or choose another output_dir.")
 
 
-def _save_student(accelerator, student, tokenizer, output_dir: Path) -> None:
+def _save_student(student, tokenizer, output_dir: Path) -> None:
     """save_pretrained into a staging directory, then rename: student/ is whole or absent."""
     target = output_dir / "student"
     staging = Path(tempfile.mkdtemp(dir=output_dir, prefix=".staging-student-"))
-    accelerator.unwrap_model(student).save_pretrained(staging)
+    student.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(staging, target)
@@ -66,34 +67,43 @@ def _optimizer_and_schedule(model, lr: float, train):
     return optimizer, scheduler
 
 
-def forward_backward(accelerator, student, teacher, objective, micro_batches: list[dict],
-                     step: int, step_tokens: int) -> tuple[dict[str, torch.Tensor], dict]:
+def forward_backward(accelerator, student, teacher, teacher_module, micro_batches: list[dict],
+                     step: int, step_tokens: int, fused: bool) -> tuple[dict, dict]:
     """Forward and backward over one optimizer step's micro-batches; gradients accumulate
-    in the models. Returns this process's share of each logged term and the weights."""
+    in the modules. ``teacher_module`` is the training teacher's module (None for a frozen
+    teacher). Returns this process's share of each logged term, and the step's scalars."""
     # accelerate's backward divides by gradient_accumulation_steps and DDP averages over
     # processes; the loss is already a sum over the step's tokens divided by the step's
     # token count, so undo both to get exactly that gradient.
     loss_scale = accelerator.gradient_accumulation_steps * accelerator.num_processes
-    models = [student, teacher.model] if teacher.trains else [student]
-    denominator = max(step_tokens, 1)  # a step with no valid target gives zero, not NaN
+    modules = [student] if teacher_module is None else [student, teacher_module]
     sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
-    weights: dict[str, float] = {}
+    scalars: dict[str, float] = {}
     for mb in micro_batches:
-        with accelerator.accumulate(*models), accelerator.autocast():
-            teacher_logits = teacher.logits(mb["input_ids"])
-            student_logits = student(input_ids=mb["input_ids"]).logits
-            out = objective(student_logits, teacher_logits, mb["labels"], step, denominator)
-            loss = out.total
-            if teacher.trains:  # the teacher learns the hard targets in the same pass
-                teacher_ce = losses.token_cross_entropy(
-                    teacher_logits, mb["labels"]).sum() / denominator
-                loss = loss + teacher_ce
-                out.terms["teacher_ce"] = teacher_ce.detach()
-            accelerator.backward(loss * loss_scale)
+        with accelerator.accumulate(*modules), accelerator.autocast():
+            loss = 0.0
+            if teacher_module is None:
+                teacher_out = teacher.outputs(mb["input_ids"], hidden=fused)
+            else:  # the teacher learns the hard targets in the same pass
+                teacher_terms, teacher_out = teacher_module(mb["input_ids"], mb["labels"], None,
+                                                            step, step_tokens)
+                loss = teacher_terms.total
+                sums["teacher_ce"] = sums["teacher_ce"] + teacher_terms.terms["ce"]
+            out, _ = student(mb["input_ids"], mb["labels"], teacher_out, step, step_tokens)
+            accelerator.backward((loss + out.total) * loss_scale)
         for name, value in out.terms.items():
-            sums[name] = sums[name] + value.float().cpu()
-        weights = out.weights
-    return sums, weights
+            sums[name] = sums[name] + value
+        scalars = out.scalars
+    return sums, scalars
+
+
+def _use_fused(mode: str, student_lm, teacher) -> bool:
+    possible = students.fused_head(student_lm) is not None and \
+        students.fused_head(teacher.model) is not None
+    if mode == "on" and not possible:
+        raise UserError("loss.fused: 'on' needs teacher and student with plain linear output "
+                        "heads and a base model that returns hidden states; use 'auto' or 'off'.")
+    return mode == "on" or (mode == "auto" and possible)
 
 
 def run(recipe: Recipe, resume: bool = False) -> RunResult:
@@ -124,17 +134,30 @@ def run(recipe: Recipe, resume: bool = False) -> RunResult:
                                      eos_token_id=tokenizer.eos_token_id,
                                      pad_token_id=tokenizer.pad_token_id)
 
-    student = students.build_model(model_config(recipe.student))
+    student_lm = students.build_model(model_config(recipe.student))
     teacher = teachers.build(recipe.teacher, model_config=model_config(recipe.teacher.model),
                              make_optimizer=lambda model, lr: _optimizer_and_schedule(
                                  model, lr, train))
     if teacher.vocab_size != vocab_size:
         raise UserError(f"teacher vocabulary ({teacher.vocab_size}) differs from the "
                         f"tokenizer's ({vocab_size}); logit distillation needs one vocabulary.")
-    objective = losses.build_objective(recipe.loss)
+    fused = _use_fused(recipe.loss.fused, student_lm, teacher)
+    aux = recipe.loss.router_aux_weight
+    student = LMWithObjective(student_lm, losses.build_objective(recipe.loss), fused,
+                              router_aux=max(aux.start, aux.end) > 0)
     optimizer, scheduler = _optimizer_and_schedule(student, train.lr, train)
     student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
-    teacher.prepare(accelerator)
+    trained = [(student, optimizer, scheduler)]
+    teacher_module = None
+    if teacher.trains:
+        teacher_module = LMWithObjective(
+            teacher.model, losses.hard_target_objective(recipe.loss.chunk_size), fused,
+            router_aux=False)
+        prepared = accelerator.prepare(teacher_module, teacher.optimizer, teacher.scheduler)
+        teacher_module = prepared[0]
+        trained.append(prepared)
+    else:
+        teacher.prepare(accelerator)
     order = BlockOrder(len(data.train), train.micro_batch_size, recipe.seed,
                        accelerator.process_index, accelerator.num_processes)
 
@@ -151,13 +174,14 @@ def run(recipe: Recipe, resume: bool = False) -> RunResult:
 
     def evaluate(step: int) -> float:
         student.eval()
-        row = validation_loss(lambda ids: student(input_ids=ids).logits, data.validation,
+        student_lm = accelerator.unwrap_model(student).lm
+        row = validation_loss(lambda ids: student_lm(input_ids=ids).logits, data.validation,
                               train.eval_batch_size, accelerator, train.eval_batches)
         if teacher.trains:
             teacher.model.eval()
             row["teacher_val_loss"] = validation_loss(
-                teacher.logits, data.validation, train.eval_batch_size, accelerator,
-                train.eval_batches)["val_loss"]
+                lambda ids: teacher.model(input_ids=ids).logits, data.validation,
+                train.eval_batch_size, accelerator, train.eval_batches)["val_loss"]
             teacher.model.train()
         student.train()
         log.write({"step": step, "tokens": tokens_seen, **row})
@@ -174,26 +198,25 @@ def run(recipe: Recipe, resume: bool = False) -> RunResult:
         local_tokens = sum(int((mb["labels"] != -100).sum()) for mb in micro_batches)
         step_tokens = int(accelerator.reduce(
             torch.tensor(local_tokens, device=accelerator.device), "sum"))
-        sums, weights = forward_backward(accelerator, student, teacher, objective,
-                                         micro_batches, step, step_tokens)
+        sums, scalars = forward_backward(accelerator, student, teacher, teacher_module,
+                                         micro_batches, step, step_tokens, fused)
         # Terms are per-process shares of the step mean: sum them across processes.
         terms = {k: float(accelerator.reduce(v.to(accelerator.device), "sum"))
                  for k, v in sums.items()}
-        terms["loss"] = weights["hard_weight"] * terms["ce"] + (
-            weights["soft_weight"] * weights["temperature"] ** 2 * terms.get("kd", 0.0))
         for name, value in terms.items():
             if not math.isfinite(value):
                 raise TrainingStopped(
                     f"non-finite {name} ({value}) at step {step + 1}; the run stopped before "
                     f"the optimizer step. Last good checkpoint: "
                     f"{(complete_checkpoints(output_dir) or ['none'])[-1]}")
-        if train.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(student.parameters(), train.max_grad_norm)
         lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        teacher.step(accelerator, train.max_grad_norm)
+        for module, module_optimizer, module_scheduler in trained:
+            if train.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(module.parameters(), train.max_grad_norm)
+            module_optimizer.step()
+            module_scheduler.step()
+            module_optimizer.zero_grad(set_to_none=True)
+        accelerator.unwrap_model(student).objective.update({**terms, **scalars})
         tokens_seen += step_tokens
         done = step + 1
 
@@ -201,7 +224,7 @@ def run(recipe: Recipe, resume: bool = False) -> RunResult:
         tokens_per_s = (tokens_seen - last_tokens) / max(now - last_time, 1e-9)
         last_time, last_tokens = now, tokens_seen
         if done % train.log_every == 0 or done == train.max_steps:
-            log.write({"step": done, "tokens": tokens_seen, "lr": lr, **terms, **weights,
+            log.write({"step": done, "tokens": tokens_seen, "lr": lr, **terms, **scalars,
                        "tokens_per_s": tokens_per_s})
         bar.set_postfix({"loss": f"{terms['loss']:.3f}", "ce": f"{terms['ce']:.3f}",
                          "kd": f"{terms.get('kd', 0.0):.3f}", "tok/s": f"{tokens_per_s:.0f}"},
@@ -216,7 +239,7 @@ def run(recipe: Recipe, resume: bool = False) -> RunResult:
     bar.close()
     final_val_loss = evaluate(train.max_steps)
     if main:
-        _save_student(accelerator, student, tokenizer, output_dir)
+        _save_student(accelerator.unwrap_model(student).lm, tokenizer, output_dir)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return RunResult(output_dir=output_dir, first_val_loss=first_val_loss,

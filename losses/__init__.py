@@ -1,21 +1,44 @@
 """Losses: pure tensor math plus schedules. No transformers models, no accelerate, no I/O.
 
-Public interface: ``divergence``, ``per_token_divergence``, ``token_cross_entropy``,
-``DIVERGENCES``, ``Schedule``, ``Objective``, ``build_objective``.
+Public interface:
+- ``divergence`` / ``fused_divergence``: mean divergence over non-ignored positions, from
+  logits or (memory-bounded) from hidden states and an output head;
+- ``TopK``, ``topk_from_logits``: sparse teacher outputs with a tail bucket;
+- ``Schedule``, ``Objective``, ``build_objective``: the dynamic soft/hard weighting;
+- ``DIVERGENCES``, ``SCHEDULES``, ``ADAPTIVE``: the names a recipe may use.
 """
 
 from __future__ import annotations
 
-from losses.divergences import DIVERGENCES, divergence, per_token_divergence, token_cross_entropy
+from losses.adaptive import ADAPTIVE
+from losses.divergences import DIVERGENCES, DivergenceParams
+from losses.functional import divergence, fused_divergence, per_token_divergence, token_cross_entropy
 from losses.objective import LossTerms, Objective
-from losses.schedules import SHAPES, Schedule, schedule_from
+from losses.schedules import SCHEDULES, Schedule, schedule_from
+from losses.sparse import TopK, topk_from_logits
 
-__all__ = ["DIVERGENCES", "SHAPES", "LossTerms", "Objective", "Schedule", "build_objective",
-           "divergence", "per_token_divergence", "schedule_from", "token_cross_entropy"]
+__all__ = ["ADAPTIVE", "DIVERGENCES", "SCHEDULES", "DivergenceParams", "LossTerms", "Objective",
+           "Schedule", "TopK", "build_objective", "divergence", "fused_divergence",
+           "hard_target_objective", "per_token_divergence", "schedule_from",
+           "token_cross_entropy", "topk_from_logits"]
 
 
 def build_objective(cfg) -> Objective:
     """An :class:`Objective` from a recipe's ``loss`` section (any object with its fields)."""
-    hard = None if cfg.hard_weight is None else schedule_from(cfg.hard_weight)
+    def optional(schedule):
+        return None if schedule is None else schedule_from(schedule)
+
     return Objective(divergence=cfg.divergence, soft_weight=schedule_from(cfg.soft_weight),
-                     temperature=schedule_from(cfg.temperature), hard_weight=hard)
+                     temperature=schedule_from(cfg.temperature),
+                     hard_weight=optional(cfg.hard_weight), beta=optional(cfg.beta),
+                     skew=cfg.skew, head_mass=cfg.akl_head_mass, adaptive=cfg.adaptive,
+                     balance_momentum=cfg.balance_momentum,
+                     router_aux_weight=optional(cfg.router_aux_weight),
+                     chunk_size=cfg.chunk_size)
+
+
+def hard_target_objective(chunk_size: int = 256) -> Objective:
+    """Cross-entropy on the data alone (a teacher training beside its student)."""
+    zero, one = Schedule("constant", 0.0, 0.0), Schedule("constant", 1.0, 1.0)
+    return Objective(divergence="forward_kl", soft_weight=zero, temperature=one,
+                     chunk_size=chunk_size)

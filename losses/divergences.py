@@ -1,74 +1,125 @@
-"""Token-level divergences between teacher and student next-token distributions.
+"""Token-level divergences between the teacher's p and the student's q.
 
-All math runs in float32 and in log space. Shapes: logits ``(..., vocab)``, labels ``(...)``;
-the per-token functions return ``(...)``. Positions whose label is ``ignore_index`` count
-as zero and are left out of every mean.
+Every function takes log-probabilities ``(..., vocab)`` in float32 (already at temperature)
+and returns the per-position divergence ``(...)``. Each is a true divergence: zero when
+p == q, positive otherwise, with no entropy constant dropped. Entries where a distribution
+is exactly zero (a banned token's -inf logit) contribute nothing and give no NaN, in the
+value or the gradient.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 Tensor = torch.Tensor
 
 
-def _kl_from_log_probs(log_p: Tensor, log_q: Tensor) -> Tensor:
-    """KL(p || q) per position; 0 * log 0 terms (including -inf logits) contribute 0."""
-    p = log_p.exp()
-    # Where p == 0 the term is 0 whatever log_q is. Zeroing the logs *before* the product
-    # keeps -inf out of both the forward value and the backward pass (0 * inf = NaN).
-    support = p > 0
-    zero = torch.zeros((), dtype=log_p.dtype, device=log_p.device)
-    log_ratio = torch.where(support, log_p, zero) - torch.where(support, log_q, zero)
-    return (p * log_ratio).sum(dim=-1)
+@dataclass(frozen=True)
+class DivergenceParams:
+    """The knobs some divergences take; the others ignore them."""
+
+    beta: float = 0.5           # jsd: weight of the teacher in the mixture
+    skew: float = 0.1           # skew_kl / skew_reverse_kl: share of the first argument
+    head_mass: float = 0.5      # akl: teacher mass that defines the head
 
 
-def forward_kl(student_log_probs: Tensor, teacher_log_probs: Tensor) -> Tensor:
-    """KL(p_teacher || q_student), Hinton et al. 2015: mean-seeking."""
-    return _kl_from_log_probs(teacher_log_probs, student_log_probs)
+def kl(log_a: Tensor, log_b: Tensor) -> Tensor:
+    """KL(a || b) per position; terms where a == 0 are 0 whatever b is."""
+    a = log_a.exp()
+    # Masking the log-ratio (not the product) keeps 0 * (-inf) = NaN out of both the value
+    # and the gradient; the backward of a subtraction never multiplies by the inf.
+    log_ratio = (log_a - log_b).masked_fill_(a == 0, 0.0)
+    return (a * log_ratio).sum(dim=-1)
 
 
-def reverse_kl(student_log_probs: Tensor, teacher_log_probs: Tensor) -> Tensor:
-    """KL(q_student || p_teacher), as in MiniLLM (Gu et al. 2024): mode-seeking."""
-    return _kl_from_log_probs(student_log_probs, teacher_log_probs)
+def _log_mixture(log_a: Tensor, log_b: Tensor, weight_a: float) -> Tensor:
+    """log(weight_a * a + (1 - weight_a) * b), stably, for 0 <= weight_a <= 1.
+
+    Where both are zero the result is -inf with a zero gradient (torch.logaddexp's
+    backward is NaN there, which a banned token would hit)."""
+    if weight_a <= 0.0:
+        return log_b
+    if weight_a >= 1.0:
+        return log_a
+    a = log_a + math.log(weight_a)
+    b = log_b + math.log1p(-weight_a)
+    peak = torch.maximum(a, b).detach()
+    peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+    total = (a - peak).exp() + (b - peak).exp()
+    nonzero = total > 0
+    safe = torch.where(nonzero, total, torch.ones_like(total))
+    return torch.where(nonzero, safe.log() + peak, torch.full_like(total, float("-inf")))
 
 
-DIVERGENCES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+def forward_kl(log_q: Tensor, log_p: Tensor, params: DivergenceParams) -> Tensor:
+    """KL(p || q): mean-seeking (Hinton et al. 2015)."""
+    return kl(log_p, log_q)
+
+
+def reverse_kl(log_q: Tensor, log_p: Tensor, params: DivergenceParams) -> Tensor:
+    """KL(q || p): mode-seeking (MiniLLM, Gu et al. 2024)."""
+    return kl(log_q, log_p)
+
+
+def jsd(log_q: Tensor, log_p: Tensor, params: DivergenceParams) -> Tensor:
+    """Generalised JSD (GKD, Agarwal et al. 2024, as in TRL): with M = beta p + (1-beta) q,
+    beta KL(p || M) + (1 - beta) KL(q || M). As in GKD, beta = 0 is defined as forward KL
+    and beta = 1 as reverse KL (the mixture formula itself vanishes at both ends)."""
+    beta = params.beta
+    if beta <= 0.0:
+        return kl(log_p, log_q)
+    if beta >= 1.0:
+        return kl(log_q, log_p)
+    log_m = _log_mixture(log_p, log_q, beta)
+    return beta * kl(log_p, log_m) + (1.0 - beta) * kl(log_q, log_m)
+
+
+def skew_kl(log_q: Tensor, log_p: Tensor, params: DivergenceParams) -> Tensor:
+    """KL(p || a p + (1 - a) q), a = skew (DistiLLM, Ko et al. 2024)."""
+    return kl(log_p, _log_mixture(log_p, log_q, params.skew))
+
+
+def skew_reverse_kl(log_q: Tensor, log_p: Tensor, params: DivergenceParams) -> Tensor:
+    """KL(q || a q + (1 - a) p), a = skew (DistiLLM)."""
+    return kl(log_q, _log_mixture(log_q, log_p, params.skew))
+
+
+def tvd(log_q: Tensor, log_p: Tensor, params: DivergenceParams) -> Tensor:
+    """Total variation distance, 1/2 sum |p - q|."""
+    return 0.5 * (log_p.exp() - log_q.exp()).abs().sum(dim=-1)
+
+
+def akl(log_q: Tensor, log_p: Tensor, params: DivergenceParams) -> Tensor:
+    """Adaptive KL (Wu et al., COLING 2025, "Rethinking KL divergence in KD for LLMs").
+
+    The head is the smallest set of the teacher's most likely tokens holding at least
+    ``head_mass`` of its probability; the rest is the tail. Per position, with the gaps
+    g_head = sum_head |p - q| and g_tail = sum_tail |p - q| (detached),
+    AKL = g_head / (g_head + g_tail) * KL(p||q) + g_tail / (g_head + g_tail) * KL(q||p):
+    forward KL fits the head where the head is wrong, reverse KL the tail where it is.
+    """
+    p, q = log_p.exp().detach(), log_q.exp().detach()
+    sorted_p, order = p.sort(dim=-1, descending=True)
+    mass_before = sorted_p.cumsum(dim=-1) - sorted_p
+    in_head_sorted = mass_before < params.head_mass  # includes the token that crosses it
+    in_head = torch.zeros_like(in_head_sorted).scatter(-1, order, in_head_sorted)
+    gap = (p - q).abs()
+    g_head = torch.where(in_head, gap, torch.zeros_like(gap)).sum(dim=-1)
+    g_tail = gap.sum(dim=-1) - g_head
+    w_head = g_head / (g_head + g_tail).clamp(min=1e-12)
+    return w_head * kl(log_p, log_q) + (1.0 - w_head) * kl(log_q, log_p)
+
+
+DIVERGENCES: dict[str, Callable[[Tensor, Tensor, DivergenceParams], Tensor]] = {
     "forward_kl": forward_kl,
     "reverse_kl": reverse_kl,
+    "jsd": jsd,
+    "skew_kl": skew_kl,
+    "skew_reverse_kl": skew_reverse_kl,
+    "tvd": tvd,
+    "akl": akl,
 }
-
-
-def per_token_divergence(student_logits: Tensor, teacher_logits: Tensor, kind: str,
-                         temperature: float = 1.0) -> Tensor:
-    """Divergence of softmax(z_t / T) and softmax(z_s / T) at every position: ``(...)``."""
-    if kind not in DIVERGENCES:
-        raise ValueError(f"unknown divergence {kind!r}; allowed: {', '.join(DIVERGENCES)}")
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
-                         f"{tuple(teacher_logits.shape)} differ in shape")
-    log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    log_p = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    return DIVERGENCES[kind](log_q, log_p)
-
-
-def token_cross_entropy(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> Tensor:
-    """Hard-target cross-entropy per position in float32, 0 where ignored: ``(...)``."""
-    flat = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                           ignore_index=ignore_index, reduction="none")
-    return flat.reshape(labels.shape)
-
-
-def divergence(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor,
-               kind: str = "forward_kl", temperature: float = 1.0,
-               ignore_index: int = -100) -> Tensor:
-    """Mean divergence over positions whose label is not ``ignore_index`` (0 if none).
-
-    No T^2 factor here: the objective applies it.
-    """
-    values = per_token_divergence(student_logits, teacher_logits, kind, temperature)
-    valid = labels != ignore_index
-    return torch.where(valid, values, torch.zeros_like(values)).sum() / valid.sum().clamp(min=1)

@@ -10,9 +10,11 @@ import dataclasses
 import difflib
 from typing import Any, Mapping
 
+from students.heads import decoder_of, fused_head, router_aux_loss
 from students.presets import PRESETS
 
-__all__ = ["PRESETS", "check_overrides", "model_config", "build_model"]
+__all__ = ["PRESETS", "build_model", "check_overrides", "decoder_of", "fused_head",
+           "model_config", "router_aux_loss"]
 
 
 def _config_fields() -> set[str]:

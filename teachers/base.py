@@ -2,28 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, Union
 
 import torch
 
+# What a teacher hands the loss: full logits (batch, seq, V), or its final hidden states
+# (batch, seq, H) with its output head (V, H) for the memory-bounded fused path.
+TeacherOutput = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
+
 
 class Teacher(Protocol):
-    """Produces next-token logits for a batch; may train alongside the student.
+    """Where the soft targets come from.
 
-    ``logits`` returns (batch, seq, vocab). When ``trains`` is true they carry the graph
-    so the loop can add the teacher's own hard-target loss to the backward pass, and
-    ``step`` applies the teacher's optimizer; the student always sees them detached.
+    A frozen teacher (``trains`` false) answers ``outputs`` without gradients. A teacher
+    that trains (codistillation) also carries its ``optimizer`` and ``scheduler``; the loop
+    then runs its ``model`` with a hard-target objective beside the student and steps it.
     """
 
     trains: bool
     vocab_size: int
     model: torch.nn.Module
+    optimizer: torch.optim.Optimizer | None
+    scheduler: object | None
 
     def prepare(self, accelerator) -> None:
-        """Hand the teacher's model (and optimizer) to accelerate; called once."""
+        """Place a frozen teacher's model on the device (training teachers: the loop)."""
 
-    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(batch, seq) token ids -> (batch, seq, vocab) logits."""
-
-    def step(self, accelerator, max_grad_norm: float) -> None:
-        """Optimizer step after the loop's backward; a no-op for frozen teachers."""
+    def outputs(self, input_ids: torch.Tensor, hidden: bool) -> TeacherOutput:
+        """(batch, seq) token ids -> logits, or (hidden, head) when ``hidden`` is true."""

@@ -1,5 +1,6 @@
 """A teacher that trains on the hard targets alongside the student (codistillation,
-Anil et al. 2018): it has its own model, optimizer and learning-rate schedule."""
+Anil et al. 2018): its own model, optimizer and learning-rate schedule. The loop runs it
+beside the student in the same pass and hands the student its outputs, detached."""
 
 from __future__ import annotations
 
@@ -17,16 +18,7 @@ class CodistillTeacher:
         self.scheduler = scheduler
 
     def prepare(self, accelerator) -> None:
-        self.model, self.optimizer, self.scheduler = accelerator.prepare(
-            self.model, self.optimizer, self.scheduler)
-        self.model.train()
+        return None  # the loop prepares the model with its objective, optimizer and schedule
 
-    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids).logits
-
-    def step(self, accelerator, max_grad_norm: float) -> None:
-        if max_grad_norm > 0:
-            accelerator.clip_grad_norm_(self.model.parameters(), max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+    def outputs(self, input_ids: torch.Tensor, hidden: bool):
+        raise RuntimeError("a training teacher's outputs come from the loop's forward pass")

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import torch
 
+from students import decoder_of, fused_head
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class HFTeacher:
     trains = False
+    optimizer = None
+    scheduler = None
 
     def __init__(self, name_or_path: str, dtype: str = "float32") -> None:
         from transformers import AutoModelForCausalLM
@@ -22,11 +26,11 @@ class HFTeacher:
         # evaluation_mode: placed on the device but never wrapped for gradient sync.
         self.model = accelerator.prepare_model(self.model, evaluation_mode=True)
 
-    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def outputs(self, input_ids: torch.Tensor, hidden: bool):
         with torch.inference_mode():
+            if hidden and fused_head(self.model) is not None:
+                states = decoder_of(self.model)(input_ids=input_ids).last_hidden_state
+                return states, fused_head(self.model)
             logits = self.model(input_ids=input_ids).logits
-        # Inference tensors cannot enter the student's autograd graph; a plain copy can.
+        # Inference tensors cannot be saved for the student's backward; a plain copy can.
         return logits.clone()
-
-    def step(self, accelerator, max_grad_norm: float) -> None:
-        return None

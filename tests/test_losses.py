@@ -1,4 +1,4 @@
-"""Loss values against hand computations; schedules against closed forms."""
+"""Losses against values computed by hand or in closed form, and their properties."""
 
 from __future__ import annotations
 
@@ -8,82 +8,282 @@ import pytest
 import torch
 
 import losses
-from losses import Objective, Schedule
+from distill import config as recipe_config
+from losses import Objective, Schedule, TopK, topk_from_logits
+from students import router_aux_loss
+
+KINDS = sorted(losses.DIVERGENCES)
 
 
 def _kl(p: list[float], q: list[float]) -> float:
     return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q) if pi > 0)
 
 
-def test_forward_and_reverse_kl_match_hand_values():
-    p, q = [0.7, 0.2, 0.1], [0.5, 0.25, 0.25]
-    teacher = torch.tensor(p).log().view(1, 3)
-    student = torch.tensor(q).log().view(1, 3)
-    labels = torch.tensor([0])
-    assert losses.divergence(student, teacher, labels, "forward_kl").item() == \
-        pytest.approx(_kl(p, q), rel=1e-5)
-    assert losses.divergence(student, teacher, labels, "reverse_kl").item() == \
-        pytest.approx(_kl(q, p), rel=1e-5)
+def _mix(a: list[float], b: list[float], w: float) -> list[float]:
+    return [w * x + (1 - w) * y for x, y in zip(a, b)]
+
+
+P, Q = [0.6, 0.3, 0.1], [0.3, 0.3, 0.4]
+HAND = {
+    "forward_kl": _kl(P, Q),
+    "reverse_kl": _kl(Q, P),
+    "jsd": 0.5 * _kl(P, _mix(P, Q, 0.5)) + 0.5 * _kl(Q, _mix(P, Q, 0.5)),
+    "skew_kl": _kl(P, _mix(P, Q, 0.1)),
+    "skew_reverse_kl": _kl(Q, _mix(Q, P, 0.1)),
+    "tvd": 0.5 * (0.3 + 0.0 + 0.3),
+    # head = {token 0} (0.6 >= 0.5): gaps 0.3 in head, 0.3 in tail -> half FKL, half RKL
+    "akl": 0.5 * _kl(P, Q) + 0.5 * _kl(Q, P),
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_divergence_matches_hand_value(kind: str):
+    teacher = torch.tensor(P).log().view(1, 3)
+    student = torch.tensor(Q).log().view(1, 3)
+    value = losses.divergence(student, teacher, torch.tensor([0]), kind)
+    assert value.item() == pytest.approx(HAND[kind], rel=1e-5)
 
 
 def test_temperature_softens_both_sides():
     teacher = torch.tensor([[2.0, 0.0, -1.0]])
     student = torch.tensor([[0.0, 1.0, 0.0]])
-    t = 2.0
-    p = torch.softmax(teacher / t, -1)[0].tolist()
-    q = torch.softmax(student / t, -1)[0].tolist()
-    value = losses.divergence(student, teacher, torch.tensor([1]), "forward_kl", temperature=t)
+    p = torch.softmax(teacher / 2.0, -1)[0].tolist()
+    q = torch.softmax(student / 2.0, -1)[0].tolist()
+    value = losses.divergence(student, teacher, torch.tensor([1]), "forward_kl", temperature=2.0)
     assert value.item() == pytest.approx(_kl(p, q), rel=1e-5)
 
 
-def test_zero_on_equal_inputs_ignored_positions_and_banned_tokens():
+@pytest.mark.parametrize("kind", KINDS)
+def test_zero_on_equal_positive_otherwise(kind: str):
+    torch.manual_seed(0)
     logits = torch.randn(2, 5, 11)
     labels = torch.randint(0, 11, (2, 5))
-    assert losses.divergence(logits, logits.clone(), labels).abs().item() < 1e-6
-    assert losses.divergence(torch.randn(2, 5, 11), logits, torch.full((2, 5), -100)).item() == 0.0
-    # a banned token (-inf on both sides) gives neither NaN values nor NaN gradients
-    student = torch.randn(4, 6, requires_grad=True)
-    banned = torch.zeros(4, 6)
-    banned[:, 0] = float("-inf")
-    for kind in losses.DIVERGENCES:
-        value = losses.divergence(student + banned, torch.randn(4, 6) + banned,
-                                  torch.zeros(4, dtype=torch.long), kind)
-        value.backward()
-        assert torch.isfinite(value) and torch.isfinite(student.grad).all()
-        student.grad = None
+    assert losses.divergence(logits, logits.clone(), labels, kind).abs().item() < 1e-6
+    assert losses.divergence(torch.randn(2, 5, 11), logits, labels, kind).item() > 1e-3
 
 
-def test_mean_counts_only_valid_positions():
+def test_jsd_at_beta_zero_and_one_is_forward_and_reverse_kl():
+    torch.manual_seed(1)
+    student, teacher, labels = torch.randn(6, 9), torch.randn(6, 9), torch.zeros(6, dtype=torch.long)
+    forward = losses.divergence(student, teacher, labels, "forward_kl")
+    reverse = losses.divergence(student, teacher, labels, "reverse_kl")
+    assert losses.divergence(student, teacher, labels, "jsd", beta=0.0) == pytest.approx(forward)
+    assert losses.divergence(student, teacher, labels, "jsd", beta=1.0) == pytest.approx(reverse)
+    # the skewed KLs at skew 0 are the plain KLs
+    assert losses.divergence(student, teacher, labels, "skew_kl", skew=0.0) == pytest.approx(forward)
+    assert losses.divergence(student, teacher, labels, "skew_reverse_kl", skew=0.0) == \
+        pytest.approx(reverse)
+
+
+def test_ignored_positions_and_all_ignored():
     student, teacher = torch.randn(3, 7), torch.randn(3, 7)
     per = losses.per_token_divergence(student, teacher, "forward_kl")
     labels = torch.tensor([1, -100, 2])
-    expected = (per[0] + per[2]) / 2
-    assert losses.divergence(student, teacher, labels).item() == pytest.approx(expected.item())
+    assert losses.divergence(student, teacher, labels).item() == \
+        pytest.approx(((per[0] + per[2]) / 2).item())
+    for kind in KINDS:
+        value = losses.divergence(student, teacher, torch.full((3,), -100), kind)
+        assert value.item() == 0.0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_banned_tokens_give_no_nan(kind: str):
+    student = torch.randn(4, 6, requires_grad=True)
+    banned = torch.zeros(4, 6)
+    banned[:, 0] = float("-inf")
+    value = losses.divergence(student + banned, torch.randn(4, 6) + banned,
+                              torch.zeros(4, dtype=torch.long), kind, temperature=2.0)
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(student.grad).all()
+
+
+def test_topk_tail_bucket_by_hand():
+    p = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    teacher = topk_from_logits(p.log(), k=2)
+    assert teacher.indices.tolist() == [[0, 1]]
+    assert teacher.log_tail.exp().item() == pytest.approx(0.2)
+    student = torch.zeros(1, 4)  # uniform: folded to [0.25, 0.25, 0.5]
+    value = losses.divergence(student, teacher, torch.tensor([0]), "forward_kl")
+    assert value.item() == pytest.approx(_kl([0.5, 0.3, 0.2], [0.25, 0.25, 0.5]), rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_topk_with_k_equal_vocab_equals_full(kind: str):
+    torch.manual_seed(2)
+    teacher = torch.randn(2, 3, 10)
+    labels = torch.randint(0, 10, (2, 3))
+    full_s = torch.randn(2, 3, 10, requires_grad=True)
+    sparse_s = full_s.detach().clone().requires_grad_()
+    full = losses.divergence(full_s, teacher, labels, kind, temperature=2.0)
+    sparse = losses.divergence(sparse_s, topk_from_logits(teacher, 10), labels, kind,
+                               temperature=2.0)
+    full.backward()
+    sparse.backward()
+    assert sparse.item() == pytest.approx(full.item(), rel=1e-5, abs=1e-6)
+    torch.testing.assert_close(sparse_s.grad, full_s.grad, rtol=1e-4, atol=1e-6)
+
+
+def _fused_vs_plain(kind: str, teacher_form: str, chunk_size: int):
+    torch.manual_seed(3)
+    tokens, hidden_size, vocab = 30, 8, 17
+    hidden = torch.randn(2, tokens // 2, hidden_size, requires_grad=True)
+    head = (torch.randn(vocab, hidden_size) * 0.5).requires_grad_()
+    t_hidden, t_head = torch.randn(2, tokens // 2, 12), torch.randn(vocab, 12) * 0.5
+    t_logits = t_hidden @ t_head.t()
+    labels = torch.randint(0, vocab, (2, tokens // 2))
+    labels[0, :4] = -100
+    labels[1, -3:] = -100
+    teacher_plain = topk_from_logits(t_logits, 5) if teacher_form == "topk" else t_logits
+    teacher_fused = {"logits": t_logits, "hidden": (t_hidden, t_head),
+                     "topk": topk_from_logits(t_logits, 5)}[teacher_form]
+    plain = losses.divergence(hidden @ head.t(), teacher_plain, labels, kind, temperature=1.5)
+    plain.backward()
+    expected = (plain.item(), hidden.grad.clone(), head.grad.clone())
+    hidden.grad, head.grad = None, None
+    fused = losses.fused_divergence(hidden, head, teacher_fused, labels, kind, temperature=1.5,
+                                    chunk_size=chunk_size)
+    fused.backward()
+    assert fused.item() == pytest.approx(expected[0], rel=1e-5)
+    torch.testing.assert_close(hidden.grad, expected[1], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(head.grad, expected[2], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("teacher_form", ["logits", "hidden", "topk"])
+def test_fused_equals_plain_values_and_gradients(kind: str, teacher_form: str):
+    _fused_vs_plain(kind, teacher_form, chunk_size=7)  # 7 does not divide 30 tokens
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 30, 1000])
+def test_fused_any_chunk_size(chunk_size: int):
+    _fused_vs_plain("forward_kl", "hidden", chunk_size)
 
 
 @pytest.mark.parametrize("kind, step, expected", [
     ("constant", 50, 0.2),
-    ("linear", 0, 0.2), ("linear", 10, 0.2),          # held during warmup
-    ("linear", 60, 0.2 + 0.6 * 0.5), ("linear", 110, 0.8), ("linear", 500, 0.8),
-    ("cosine", 60, 0.2 + 0.6 * 0.5), ("cosine", 35, 0.2 + 0.6 * (1 - math.cos(math.pi / 4)) / 2),
+    ("linear", 0, 0.2), ("linear", 10, 0.2),  # held during warmup
+    ("linear", 60, 0.5), ("linear", 110, 0.8), ("linear", 500, 0.8),
+    ("cosine", 60, 0.5), ("cosine", 35, 0.2 + 0.6 * (1 - math.cos(math.pi / 4)) / 2),
+    ("exponential", 60, 0.2 + 0.6 * (1 - math.exp(-2.5)) / (1 - math.exp(-5))),
+    ("exponential", 110, 0.8),
+    ("step", 34, 0.2), ("step", 36, 0.35), ("step", 85, 0.65), ("step", 110, 0.8),
+    ("wsd", 80, 0.2), ("wsd", 90, 0.2), ("wsd", 100, 0.5), ("wsd", 110, 0.8),
 ])
-def test_schedules_at_given_steps(kind, step, expected):
+def test_schedules_at_given_steps(kind: str, step: int, expected: float):
     schedule = Schedule(kind, start=0.2, end=0.8, warmup_steps=10, total_steps=110)
     assert schedule(step) == pytest.approx(expected)
 
 
-def test_objective_combines_terms_with_t_squared_and_step_normalisation():
+def test_warmup_ramp_from_warmup_start():
+    schedule = Schedule("constant", start=0.6, end=0.6, warmup_steps=10, total_steps=100,
+                        warmup_start=0.0)
+    assert [schedule(s) for s in (0, 5, 10, 50)] == pytest.approx([0.0, 0.3, 0.6, 0.6])
+
+
+def _objective(**kwargs) -> Objective:
+    args = {"divergence": "forward_kl", "soft_weight": Schedule("constant", 0.3, 0.3),
+            "temperature": Schedule("constant", 2.0, 2.0)}
+    return Objective(**{**args, **kwargs})
+
+
+def test_objective_combines_terms_with_t_squared_aux_and_step_normalisation():
     torch.manual_seed(0)
     student, teacher = torch.randn(2, 3, 5), torch.randn(2, 3, 5)
     labels = torch.tensor([[1, 2, -100], [0, -100, -100]])
-    objective = Objective("forward_kl", soft_weight=Schedule("constant", 0.3, 0.3, 0, 10),
-                          temperature=Schedule("constant", 2.0, 2.0, 0, 10))
-    out = objective(student, teacher, labels, step=0, step_tokens=6)
+    objective = _objective(router_aux_weight=Schedule("constant", 0.01, 0.01))
+    aux = torch.tensor(1.5)
+    out = objective(student, teacher, labels, step=0, step_tokens=6, router_aux=aux)
     valid = labels != -100
     ce = torch.nn.functional.cross_entropy(student[valid], labels[valid], reduction="sum") / 6
     kd = losses.per_token_divergence(student, teacher, "forward_kl", 2.0)[valid].sum() / 6
+    share = 3 / 6  # this micro-batch holds 3 of the step's 6 valid tokens
     assert out.terms["ce"].item() == pytest.approx(ce.item(), rel=1e-6)
     assert out.terms["kd"].item() == pytest.approx(kd.item(), rel=1e-6)
-    assert out.total.item() == pytest.approx((0.7 * ce + 0.3 * 4.0 * kd).item(), rel=1e-6)
-    assert out.weights == {"soft_weight": 0.3, "hard_weight": pytest.approx(0.7),
-                           "temperature": 2.0}
+    expected = 0.7 * ce + 0.3 * 4.0 * kd + 0.01 * 1.5 * share
+    assert out.total.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert out.terms["soft_weight"].item() == pytest.approx(0.3 * share)
+    assert out.terms["hard_weight"].item() == pytest.approx(0.7 * share)
+    assert out.scalars["temperature"] == 2.0 and out.scalars["router_aux_weight"] == 0.01
+
+
+@pytest.mark.parametrize("adaptive", losses.ADAPTIVE)
+def test_objective_fused_equals_plain(adaptive: str):
+    torch.manual_seed(4)
+    hidden = torch.randn(3, 5, 6, requires_grad=True)
+    head = torch.randn(11, 6, requires_grad=True)
+    teacher = torch.randn(3, 5, 11)
+    labels = torch.randint(0, 11, (3, 5))
+    labels[2, 1:] = -100
+    results = []
+    for fused in (False, True):
+        objective = _objective(adaptive=adaptive, chunk_size=4)
+        student = (hidden, head) if fused else hidden @ head.t()
+        out = objective(student, teacher, labels, step=0, step_tokens=20)
+        grads = torch.autograd.grad(out.total, [hidden, head] + list(objective.parameters()))
+        results.append((out.total.item(), grads, {k: v.item() for k, v in out.terms.items()}))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert results[0][2] == pytest.approx(results[1][2], rel=1e-5)
+
+
+def test_teacher_confidence_ignores_a_confidently_wrong_teacher():
+    labels = torch.tensor([0, 0])
+    student = torch.zeros(2, 4)
+    right = torch.tensor([[12.0, 0.0, 0.0, 0.0]] * 2)   # sure of the gold token
+    wrong = torch.tensor([[0.0, 12.0, 0.0, 0.0]] * 2)   # sure of another token
+    objective = _objective(adaptive="teacher_confidence", soft_weight=Schedule("constant", 0.8, 0.8))
+    trusted = objective(student, right, labels, step=0, step_tokens=2).terms
+    ignored = objective(student, wrong, labels, step=0, step_tokens=2).terms
+    assert trusted["soft_weight"].item() == pytest.approx(0.8, abs=1e-3)
+    assert ignored["soft_weight"].item() == pytest.approx(0.0, abs=1e-3)
+    assert ignored["hard_weight"].item() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_loss_balance_scales_soft_term_to_hard_magnitude():
+    objective = _objective(adaptive="loss_balance", balance_momentum=0.9)
+    student, teacher, labels = torch.randn(4, 6), torch.randn(4, 6), torch.zeros(4, dtype=torch.long)
+    before = objective(student, teacher, labels, step=0, step_tokens=4)
+    assert before.terms["balance_scale"].item() == pytest.approx(1.0)
+    # one update with CE 4 and T^2 * KD = 4 * 0.5: bias-corrected averages are exact
+    objective.update({"ce": 4.0, "kd": 0.5, "temperature": 2.0})
+    after = objective(student, teacher, labels, step=1, step_tokens=4)
+    assert after.terms["balance_scale"].item() == pytest.approx(2.0)
+    ce, kd = after.terms["ce"].item(), after.terms["kd"].item()
+    assert after.total.item() == pytest.approx(0.7 * ce + 0.3 * 2.0 * 4.0 * kd, rel=1e-5)
+    objective.update({"ce": 1e-6, "kd": 100.0, "temperature": 2.0})
+    assert objective.strategy.scales()[1] >= 1e-2  # clamped
+
+
+def test_uncertainty_weights_and_their_gradient_by_hand():
+    objective = _objective(adaptive="uncertainty")
+    with torch.no_grad():
+        objective.strategy.log_var.copy_(torch.tensor([0.5, -0.3]))
+    student, teacher, labels = torch.randn(4, 6), torch.randn(4, 6), torch.zeros(4, dtype=torch.long)
+    out = objective(student, teacher, labels, step=0, step_tokens=4)
+    ce, kd = out.terms["ce"].item(), out.terms["kd"].item()
+    hard_term, soft_term = 0.7 * ce, 0.3 * 4.0 * kd
+    expected = math.exp(-0.5) * hard_term + math.exp(0.3) * soft_term + 0.5 - 0.3
+    assert out.total.item() == pytest.approx(expected, rel=1e-5)
+    (grad,) = torch.autograd.grad(out.total, [objective.strategy.log_var])
+    assert grad.tolist() == pytest.approx([-math.exp(-0.5) * hard_term + 1,
+                                           -math.exp(0.3) * soft_term + 1], rel=1e-5)
+
+
+def test_router_aux_loss_by_hand():
+    # two experts, every token routed to expert 0 with softmax probabilities (0.75, 0.25)
+    logits = torch.log(torch.tensor([[0.75, 0.25]] * 4))
+    assert router_aux_loss((logits,), top_k=1).item() == pytest.approx(2 * (1.0 * 0.75))
+    balanced = torch.log(torch.tensor([[0.6, 0.4], [0.4, 0.6]]))
+    assert router_aux_loss((balanced,), top_k=1).item() == pytest.approx(1.0)
+
+
+def test_recipe_choices_match_the_registries():
+    assert set(recipe_config.DIVERGENCE_KINDS) == set(losses.DIVERGENCES)
+    assert set(recipe_config.SCHEDULE_KINDS) == set(losses.SCHEDULES)
+    assert set(recipe_config.ADAPTIVE_KINDS) == set(losses.ADAPTIVE)
+
+
+def test_topk_shape_helpers():
+    sparse = TopK(torch.zeros(2, 3, 4), torch.zeros(2, 3, 4, dtype=torch.long), torch.zeros(2, 3))
+    assert sparse.shape == (2, 3) and sparse.reshape_tokens().indices.shape == (6, 4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -34,26 +35,30 @@ def _fresh_accelerator(grad_accum: int):
     return Accelerator(gradient_accumulation_steps=grad_accum, cpu=True)
 
 
-def _step_gradients(micro_batches: list[dict], grad_accum: int, step_tokens: int):
+def _step_gradients(micro_batches: list[dict], grad_accum: int, step_tokens: int, fused: bool):
+    from distill.modules import LMWithObjective
     from distill.train import forward_backward
 
     accelerator = _fresh_accelerator(grad_accum)
     config = students.model_config("scout-tiny", TINY_MODEL, vocab_size=50)
     torch.manual_seed(0)
-    student = accelerator.prepare(students.build_model(config))
-    teacher_model = students.build_model(config)
-    optimizer = torch.optim.AdamW(teacher_model.parameters(), lr=1e-3)
-    teacher = CodistillTeacher(teacher_model, optimizer,
-                               torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0))
-    teacher.prepare(accelerator)
-    objective = losses.Objective("forward_kl", losses.Schedule("constant", 0.4, 0.4, 0, 10),
-                                 losses.Schedule("constant", 2.0, 2.0, 0, 10))
-    forward_backward(accelerator, student, teacher, objective, micro_batches, 0, step_tokens)
-    return ([p.grad.clone() for p in student.parameters()],
-            [p.grad.clone() for p in teacher.model.parameters()], student, teacher)
+    objective = losses.Objective("forward_kl", losses.Schedule("constant", 0.4, 0.4),
+                                 losses.Schedule("constant", 2.0, 2.0), chunk_size=7)
+    student = accelerator.prepare(LMWithObjective(students.build_model(config), objective,
+                                                  fused, router_aux=False))
+    teacher_lm = students.build_model(config)
+    teacher = CodistillTeacher(teacher_lm, None, None)
+    teacher_module = accelerator.prepare(LMWithObjective(
+        teacher_lm, losses.hard_target_objective(chunk_size=5), fused, router_aux=False))
+    forward_backward(accelerator, student, teacher, teacher_module, micro_batches, 0,
+                     step_tokens, fused)
+    student_lm = accelerator.unwrap_model(student).lm
+    return ([p.grad.clone() for p in student_lm.parameters()],
+            [p.grad.clone() for p in teacher_lm.parameters()], student_lm, teacher_lm)
 
 
-def test_one_by_eight_equals_eight_by_one_and_the_plain_formula():
+@pytest.mark.parametrize("fused", [False, True], ids=["plain", "fused"])
+def test_one_by_eight_equals_eight_by_one_and_the_plain_formula(fused: bool):
     torch.manual_seed(1)
     ids = torch.randint(0, 50, (8, 10))
     labels = torch.randint(0, 50, (8, 10))
@@ -62,23 +67,23 @@ def test_one_by_eight_equals_eight_by_one_and_the_plain_formula():
     step_tokens = int((labels != -100).sum())
     whole = [{"input_ids": ids, "labels": labels}]
     split = [{"input_ids": ids[i:i + 1], "labels": labels[i:i + 1]} for i in range(8)]
-    s1, t1, student, teacher = _step_gradients(whole, 1, step_tokens)
-    s8, t8, _, _ = _step_gradients(split, 8, step_tokens)
+    s1, t1, student, teacher = _step_gradients(whole, 1, step_tokens, fused)
+    s8, t8, _, _ = _step_gradients(split, 8, step_tokens, fused)
     for a, b in zip(s1 + t1, s8 + t8):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
     # Independent reference: the step's loss written out over all valid tokens at once.
     student.zero_grad()
-    teacher.model.zero_grad()
+    teacher.zero_grad()
     valid = labels != -100
-    s_logits, t_logits = student(input_ids=ids).logits, teacher.model(input_ids=ids).logits
+    s_logits, t_logits = student(input_ids=ids).logits, teacher(input_ids=ids).logits
     ce = torch.nn.functional.cross_entropy(s_logits[valid], labels[valid])
     p = torch.log_softmax(t_logits.detach()[valid] / 2.0, -1)
     q = torch.log_softmax(s_logits[valid] / 2.0, -1)
     kd = (p.exp() * (p - q)).sum(-1).mean()
     teacher_ce = torch.nn.functional.cross_entropy(t_logits[valid], labels[valid])
     (0.6 * ce + 0.4 * 4.0 * kd + teacher_ce).backward()
-    reference = [p.grad for p in student.parameters()] + [p.grad for p in teacher.model.parameters()]
+    reference = [p.grad for p in student.parameters()] + [p.grad for p in teacher.parameters()]
     for a, b in zip(s1 + t1, reference):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
@@ -169,26 +174,19 @@ def test_frozen_hf_teacher_from_a_saved_checkpoint(finished_run: Path, tmp_path,
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, cache_dir, monkeypatch):
     import distill.train as train_module
+    from distill.modules import LMWithObjective
 
-    real_build = losses.build_objective
+    real_forward = LMWithObjective.forward
 
-    def poisoned_build(cfg):
-        objective = real_build(cfg)
-        real_call = objective.__call__
+    def poisoned(self, input_ids, labels, teacher, step, step_tokens):
+        # The student's logits turn NaN from the 8th optimizer step on.
+        terms, mine = real_forward(self, input_ids, labels, teacher, step, step_tokens)
+        if teacher is not None and step >= 7:
+            terms.total = terms.total * float("nan")
+            terms.terms["ce"] = terms.terms["ce"] * float("nan")
+        return terms, mine
 
-        class Poisoned:
-            def __getattr__(self, name):
-                return getattr(objective, name)
-
-            def __call__(self, student_logits, *args, **kwargs):
-                step = args[2] if len(args) > 2 else kwargs["step"]
-                if step >= 7:  # the 8th optimizer step
-                    student_logits = student_logits * float("nan")
-                return real_call(student_logits, *args, **kwargs)
-
-        return Poisoned()
-
-    monkeypatch.setattr(train_module.losses, "build_objective", poisoned_build)
+    monkeypatch.setattr(LMWithObjective, "forward", poisoned)
     out = tmp_path / "nan"
     recipe = load_recipe(QUICKSTART, tiny_overrides(out, cache_dir))
     with pytest.raises(TrainingStopped, match=r"non-finite ce \(nan\) at step 8"):
@@ -220,3 +218,35 @@ def test_resume_without_checkpoint_and_missing_output_dir_ok(tmp_path, cache_dir
         from distill.train import run
 
         run(load_recipe(QUICKSTART, tiny_overrides(out, cache_dir)))
+
+
+@pytest.mark.parametrize("overrides", [
+    {"loss.adaptive": "teacher_confidence", "loss.divergence": "jsd", "loss.beta.kind": "linear",
+     "loss.beta.start": 0.1, "loss.beta.end": 0.9},
+    {"loss.adaptive": "loss_balance", "loss.divergence": "akl", "loss.fused": "off"},
+    {"loss.adaptive": "uncertainty", "loss.divergence": "skew_kl", "train.grad_accum_steps": 2,
+     "loss.router_aux_weight": 0.01},
+], ids=["confidence-jsd", "balance-akl-plain", "uncertainty-skew-aux"])
+def test_adaptive_strategies_run_end_to_end_and_log_their_weights(tmp_path, cache_dir, overrides):
+    from distill.train import run
+
+    out = tmp_path / "run"
+    recipe = load_recipe(QUICKSTART, tiny_overrides(out, cache_dir, **{
+        "train.max_steps": 4, "train.checkpoint_every": 2, **overrides}))
+    run(recipe)
+    rows = [r for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+    assert len(rows) == 4
+    for row in rows:
+        # loss_balance may scale the soft weight up to 100x its scheduled value
+        assert 0.0 <= row["soft_weight"] <= 100 * row["soft_weight_scheduled"] + 1e-9
+        assert row["hard_weight"] >= 0.0
+        assert all(math.isfinite(v) for v in row.values() if isinstance(v, float))
+    strategy = overrides["loss.adaptive"]
+    if strategy == "loss_balance":
+        assert rows[0]["balance_scale"] == 1.0 and rows[-1]["balance_scale"] != 1.0
+    if strategy == "uncertainty":
+        assert rows[-1]["log_var_hard"] != 0.0 and "router_aux" in rows[-1]
+        assert rows[0]["router_aux_weight"] == 0.01
+    if strategy == "teacher_confidence":
+        assert rows[-1]["beta"] > rows[0]["beta"]
+        assert rows[-1]["soft_weight"] < rows[-1]["soft_weight_scheduled"]

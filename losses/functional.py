@@ -1,0 +1,78 @@
+"""The functional API: one call, one mean divergence (or cross-entropy)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from losses.divergences import DivergenceParams
+from losses.fused import chunked_linear_loss
+from losses.sparse import TopK
+from losses.terms import TeacherInput, TermSpec, token_terms
+
+Tensor = torch.Tensor
+
+
+def _spec(kind: str, temperature: float, beta: float, skew: float, head_mass: float,
+          ignore_index: int) -> TermSpec:
+    return TermSpec(kind=kind, temperature=temperature, ignore_index=ignore_index,
+                    params=DivergenceParams(beta=beta, skew=skew, head_mass=head_mass),
+                    need_ce=False)
+
+
+def per_token_divergence(student_logits: Tensor, teacher: Tensor | TopK, kind: str = "forward_kl",
+                         temperature: float = 1.0, beta: float = 0.5, skew: float = 0.1,
+                         head_mass: float = 0.5) -> Tensor:
+    """The divergence at every position: logits (..., V) -> (...)."""
+    spec = _spec(kind, temperature, beta, skew, head_mass, ignore_index=-100)
+    shape = student_logits.shape[:-1]
+    flat_teacher = teacher.reshape_tokens() if isinstance(teacher, TopK) else \
+        teacher.reshape(-1, teacher.shape[-1])
+    labels = torch.zeros(shape.numel(), dtype=torch.long, device=student_logits.device)
+    terms = token_terms(student_logits.reshape(-1, student_logits.shape[-1]), flat_teacher,
+                        labels, spec)
+    return terms.kd.reshape(shape)
+
+
+def divergence(student_logits: Tensor, teacher: Tensor | TopK, labels: Tensor,
+               kind: str = "forward_kl", temperature: float = 1.0, beta: float = 0.5,
+               skew: float = 0.1, ignore_index: int = -100, head_mass: float = 0.5) -> Tensor:
+    """Mean over positions whose label is not ``ignore_index`` (0 when there are none) of
+    the divergence between softmax(teacher / T) and softmax(student / T).
+
+    student_logits: (..., V); teacher: logits (..., V) or a :class:`TopK`; labels: (...),
+    aligned with the logits. No T^2 factor: the objective applies it.
+    """
+    spec = _spec(kind, temperature, beta, skew, head_mass, ignore_index)
+    flat_teacher = teacher.reshape_tokens() if isinstance(teacher, TopK) else \
+        teacher.reshape(-1, teacher.shape[-1])
+    flat_labels = labels.reshape(-1)
+    terms = token_terms(student_logits.reshape(-1, student_logits.shape[-1]), flat_teacher,
+                        flat_labels, spec)
+    return terms.kd.sum() / terms.valid.sum().clamp(min=1)
+
+
+def fused_divergence(student_hidden: Tensor, student_head_weight: Tensor, teacher: TeacherInput,
+                     labels: Tensor, kind: str = "forward_kl", temperature: float = 1.0,
+                     beta: float = 0.5, skew: float = 0.1, ignore_index: int = -100,
+                     head_mass: float = 0.5, chunk_size: int = 256) -> Tensor:
+    """:func:`divergence` from hidden states, never holding (tokens, V) float32 tensors for
+    the whole batch. student_hidden: (..., H); student_head_weight: (V, H) as in nn.Linear;
+    teacher: logits (..., V), a TopK, or a (teacher_hidden, teacher_head_weight) pair.
+    Same value and gradients as the plain path."""
+    spec = _spec(kind, temperature, beta, skew, head_mass, ignore_index)
+
+    def chunk_fn(logits, teacher_rows, chunk_labels):
+        terms = token_terms(logits, teacher_rows, chunk_labels, spec)
+        return terms.kd.sum(), terms.valid.sum().float().unsqueeze(0)
+
+    total, count = chunked_linear_loss(student_hidden, student_head_weight, labels, teacher,
+                                       chunk_fn, chunk_size)
+    return total / count[0].clamp(min=1)
+
+
+def token_cross_entropy(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> Tensor:
+    """Hard-target cross-entropy per position in float32, 0 where ignored: (...)."""
+    flat = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                           ignore_index=ignore_index, reduction="none")
+    return flat.reshape(labels.shape)

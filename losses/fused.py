@@ -1,0 +1,83 @@
+"""Memory-bounded loss computation: student logits formed chunk by chunk from hidden states.
+
+The plain path materialises (tokens, vocab) logits and keeps them, plus several float32
+softmax intermediates, alive until the backward pass. Here each chunk's logits are formed,
+used and differentiated inside the forward pass; only the gradients with respect to the
+hidden states (tokens, hidden) and the head weight (vocab, hidden) are kept, and the
+backward pass merely scales them. Peak extra memory is O(chunk_size x vocab).
+
+The loss of a chunk must be linear in the upstream gradient (a plain sum), which holds for
+every objective here: its weights are fixed before the pass.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from losses.terms import TeacherInput, flatten_teacher, teacher_rows
+
+Tensor = torch.Tensor
+# (student_logits (n, V), teacher rows, labels (n,)) -> (loss scalar, stats (k,))
+ChunkFn = Callable[[Tensor, object, Tensor], tuple[Tensor, Tensor]]
+
+
+class _ChunkedLinearLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden: Tensor, head_weight: Tensor, labels: Tensor, teacher,
+                chunk_fn: ChunkFn, chunk_size: int):
+        grad_hidden = torch.zeros_like(hidden, dtype=torch.float32)
+        grad_weight = torch.zeros_like(head_weight, dtype=torch.float32)
+        weight_leaf = head_weight.detach().requires_grad_(head_weight.requires_grad)
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        stats = None
+        for start in range(0, hidden.shape[0], chunk_size):
+            rows = slice(start, start + chunk_size)
+            with torch.enable_grad():
+                h = hidden[rows].detach().requires_grad_(hidden.requires_grad)
+                logits = h @ weight_leaf.to(h.dtype).t()  # (n, V)
+                loss, chunk_stats = chunk_fn(logits, teacher_rows(teacher, rows), labels[rows])
+                wants = [t for t in (h, weight_leaf) if t.requires_grad]
+                grads = torch.autograd.grad(loss, wants) if wants else ()
+            grads = list(grads)
+            if h.requires_grad:
+                grad_hidden[rows] = grads.pop(0)
+            if weight_leaf.requires_grad:
+                grad_weight += grads.pop(0)
+            total += loss.detach().float()
+            stats = chunk_stats.detach() if stats is None else stats + chunk_stats.detach()
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.dtypes = (hidden.dtype, head_weight.dtype)
+        ctx.mark_non_differentiable(stats)
+        return total, stats
+
+    @staticmethod
+    def backward(ctx, grad_total: Tensor, grad_stats: Tensor):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        hidden_dtype, weight_dtype = ctx.dtypes
+        return ((grad_hidden * grad_total).to(hidden_dtype),
+                (grad_weight * grad_total).to(weight_dtype), None, None, None, None)
+
+
+def chunked_linear_loss(hidden: Tensor, head_weight: Tensor, labels: Tensor,
+                        teacher: TeacherInput, chunk_fn: ChunkFn,
+                        chunk_size: int = 256) -> tuple[Tensor, Tensor]:
+    """Sum of ``chunk_fn`` over token chunks with logits = hidden @ head_weight.T.
+
+    hidden: (..., H); head_weight: (V, H); labels: (...); teacher: logits (..., V), TopK
+    or a (teacher_hidden (..., H_t), teacher_head (V, H_t)) pair. Returns (loss, stats).
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    flat_hidden = hidden.reshape(-1, hidden.shape[-1])  # (tokens, H)
+    return _ChunkedLinearLoss.apply(flat_hidden, head_weight, labels.reshape(-1),
+                                    flatten_teacher(teacher), chunk_fn, chunk_size)
+
+
+def plain_loss(student_logits: Tensor, labels: Tensor, teacher: TeacherInput,
+               chunk_fn: ChunkFn) -> tuple[Tensor, Tensor]:
+    """The same sum over all tokens at once, on materialised logits (..., V)."""
+    flat_teacher = flatten_teacher(teacher)
+    return chunk_fn(student_logits.reshape(-1, student_logits.shape[-1]),
+                    teacher_rows(flat_teacher, slice(None)), labels.reshape(-1))

@@ -1,0 +1,78 @@
+"""Sparse teacher outputs: the teacher's top-k log-probabilities plus a tail bucket.
+
+A teacher (or a cache of one) may keep only its k most likely tokens per position. The
+probability outside them is not renormalised away: it becomes one extra bucket, and the
+student's distribution is folded the same way (its top-k entries at the teacher's indices,
+plus the sum of the rest), so both sides are distributions over k + 1 outcomes. With
+k = vocabulary size the tail is empty and the result equals the full computation.
+
+At temperature T the buckets' logits are divided by T like any logit; for T != 1 this is
+an approximation for the tail (its members are tempered as one token), exact for T = 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class TopK:
+    """log_probs, indices: (..., k); log_tail: (...), the log of the mass outside the top-k
+    (-inf when there is none). Log-probabilities are normalised over the full vocabulary."""
+
+    log_probs: Tensor
+    indices: Tensor
+    log_tail: Tensor
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.indices.shape[:-1]
+
+    def reshape_tokens(self) -> "TopK":
+        """Flatten the leading dims: (tokens, k) and (tokens,)."""
+        k = self.indices.shape[-1]
+        return TopK(self.log_probs.reshape(-1, k), self.indices.reshape(-1, k),
+                    self.log_tail.reshape(-1))
+
+    def __getitem__(self, rows) -> "TopK":
+        return TopK(self.log_probs[rows], self.indices[rows], self.log_tail[rows])
+
+
+def _masked_logsumexp(values: Tensor, indices: Tensor) -> Tensor:
+    """logsumexp over the last dim, leaving out ``indices``: (..., V), (..., k) -> (...).
+
+    An empty remainder gives -inf with a zero gradient (torch.logsumexp's backward is NaN
+    when every input is -inf, which k = V always hits)."""
+    masked = values.scatter(-1, indices, float("-inf"))
+    peak = masked.amax(dim=-1, keepdim=True).detach()
+    peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+    total = (masked - peak).exp().sum(dim=-1)
+    nonempty = total > 0
+    safe = torch.where(nonempty, total, torch.ones_like(total))
+    return torch.where(nonempty, safe.log() + peak.squeeze(-1),
+                       torch.full_like(total, float("-inf")))
+
+
+def topk_from_logits(logits: Tensor, k: int) -> TopK:
+    """The sparse form of full teacher logits (..., V): exact tail mass, float32."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    top_values, top_indices = log_probs.topk(min(k, logits.shape[-1]), dim=-1)
+    return TopK(top_values, top_indices, _masked_logsumexp(log_probs, top_indices))
+
+
+def fold(student_log_probs: Tensor, teacher: TopK, temperature: float) -> tuple[Tensor, Tensor]:
+    """Both sides as log-distributions over the teacher's k tokens plus the tail bucket.
+
+    student_log_probs: (n, V) at temperature ``temperature``; teacher: (n, k) entries at
+    temperature 1. Returns (log_q, log_p), each (n, k + 1), at temperature ``temperature``.
+    """
+    q_top = student_log_probs.gather(-1, teacher.indices)
+    q_tail = _masked_logsumexp(student_log_probs, teacher.indices)
+    log_q = torch.cat([q_top, q_tail.unsqueeze(-1)], dim=-1)
+    teacher_logits = torch.cat([teacher.log_probs, teacher.log_tail.unsqueeze(-1)], dim=-1)
+    log_p = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    return log_q, log_p
