@@ -11,6 +11,7 @@ than the allocator's dynamic threshold.
 
     python benchmarks/fused_loss.py                     # the issue's sizes (about a minute)
     python benchmarks/fused_loss.py --tokens 1024 --vocab 8192
+    python benchmarks/fused_loss.py --device cuda      # peak from torch.cuda.max_memory_allocated
 """
 
 from __future__ import annotations
@@ -36,17 +37,18 @@ def _rss_kib() -> int:
 
 
 def measure(path: str, tokens: int, vocab: int, hidden: int, chunk_size: int, kind: str,
-            repeats: int) -> dict:
+            repeats: int, device: str = "cpu") -> dict:
     import torch
 
     import losses
 
     torch.manual_seed(0)
-    student_hidden = torch.randn(tokens, hidden, requires_grad=True)
-    student_head = (torch.randn(vocab, hidden) / hidden ** 0.5).requires_grad_()
-    teacher_hidden = torch.randn(tokens, hidden)
-    teacher_head = torch.randn(vocab, hidden) / hidden ** 0.5
-    labels = torch.randint(0, vocab, (tokens,))
+    cuda = device == "cuda"
+    student_hidden = torch.randn(tokens, hidden, device=device, requires_grad=True)
+    student_head = (torch.randn(vocab, hidden, device=device) / hidden ** 0.5).requires_grad_()
+    teacher_hidden = torch.randn(tokens, hidden, device=device)
+    teacher_head = torch.randn(vocab, hidden, device=device) / hidden ** 0.5
+    labels = torch.randint(0, vocab, (tokens,), device=device)
     labels[: tokens // 10] = -100
 
     def step() -> float:
@@ -63,15 +65,22 @@ def measure(path: str, tokens: int, vocab: int, hidden: int, chunk_size: int, ki
         student_hidden.grad, student_head.grad = None, None
         return loss.item()
 
+    if cuda:
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
     before = _rss_kib()
     start = time.perf_counter()
     value = step()
     first = time.perf_counter() - start
-    peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    if cuda:
+        peak_mib = (torch.cuda.max_memory_allocated() - base) / 2**20
+    else:
+        peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     times = [first]
     for _ in range(repeats - 1):
         start = time.perf_counter()
-        step()
+        step()  # .item() inside synchronises the device
         times.append(time.perf_counter() - start)
     return {"path": path, "loss": value, "peak_mib": peak_mib,
             "seconds": statistics.median(times)}
@@ -85,11 +94,12 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=1024)
     parser.add_argument("--kind", default="forward_kl")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--child", choices=["plain", "fused"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(measure(args.child, args.tokens, args.vocab, args.hidden,
-                                 args.chunk_size, args.kind, args.repeats)))
+                                 args.chunk_size, args.kind, args.repeats, args.device)))
         return
     results = {}
     for path in ("plain", "fused"):
@@ -101,7 +111,7 @@ def main() -> None:
         results[path] = json.loads(out.strip().splitlines()[-1])
     plain, fused = results["plain"], results["fused"]
     print(f"{args.kind}, {args.tokens} tokens, vocabulary {args.vocab}, hidden {args.hidden}, "
-          f"chunk {args.chunk_size}, forward + backward, median of {args.repeats}")
+          f"chunk {args.chunk_size}, forward + backward, median of {args.repeats}, {args.device}")
     print(f"{'path':<6} {'loss':>10} {'peak MiB':>10} {'seconds':>9}")
     for row in (plain, fused):
         print(f"{row['path']:<6} {row['loss']:>10.5f} {row['peak_mib']:>10.1f} {row['seconds']:>9.3f}")
