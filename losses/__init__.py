@@ -12,7 +12,12 @@ from __future__ import annotations
 
 from losses.adaptive import ADAPTIVE
 from losses.divergences import DIVERGENCES, DivergenceParams
-from losses.functional import divergence, fused_divergence, per_token_divergence, token_cross_entropy
+from losses.functional import (
+    divergence,
+    fused_divergence,
+    per_token_divergence,
+    token_cross_entropy,
+)
 from losses.objective import LossTerms, Objective
 from losses.schedules import SCHEDULES, Schedule, schedule_from
 from losses.sparse import TopK, topk_from_logits
@@ -30,7 +35,8 @@ def build_objective(cfg) -> Objective:
 
     return Objective(divergence=cfg.divergence, soft_weight=schedule_from(cfg.soft_weight),
                      temperature=schedule_from(cfg.temperature),
-                     hard_weight=optional(cfg.hard_weight), beta=optional(cfg.beta),
+                     hard_weight=optional(cfg.hard_weight),
+                     beta=schedule_from(cfg.beta) if cfg.divergence == "jsd" else None,
                      skew=cfg.skew, head_mass=cfg.akl_head_mass, adaptive=cfg.adaptive,
                      balance_momentum=cfg.balance_momentum,
                      router_aux_weight=optional(cfg.router_aux_weight),

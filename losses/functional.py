@@ -20,18 +20,23 @@ def _spec(kind: str, temperature: float, beta: float, skew: float, head_mass: fl
                     need_ce=False)
 
 
+def _flat_terms(student_logits: Tensor, teacher: Tensor | TopK, labels: Tensor,
+                spec: TermSpec):
+    """token_terms over (..., V) inputs flattened to (tokens, V)."""
+    flat_teacher = teacher.reshape_tokens() if isinstance(teacher, TopK) else \
+        teacher.reshape(-1, teacher.shape[-1])
+    return token_terms(student_logits.reshape(-1, student_logits.shape[-1]), flat_teacher,
+                       labels.reshape(-1), spec)
+
+
 def per_token_divergence(student_logits: Tensor, teacher: Tensor | TopK, kind: str = "forward_kl",
                          temperature: float = 1.0, beta: float = 0.5, skew: float = 0.1,
                          head_mass: float = 0.5) -> Tensor:
     """The divergence at every position: logits (..., V) -> (...)."""
     spec = _spec(kind, temperature, beta, skew, head_mass, ignore_index=-100)
     shape = student_logits.shape[:-1]
-    flat_teacher = teacher.reshape_tokens() if isinstance(teacher, TopK) else \
-        teacher.reshape(-1, teacher.shape[-1])
-    labels = torch.zeros(shape.numel(), dtype=torch.long, device=student_logits.device)
-    terms = token_terms(student_logits.reshape(-1, student_logits.shape[-1]), flat_teacher,
-                        labels, spec)
-    return terms.kd.reshape(shape)
+    labels = torch.zeros(shape, dtype=torch.long, device=student_logits.device)
+    return _flat_terms(student_logits, teacher, labels, spec).kd.reshape(shape)
 
 
 def divergence(student_logits: Tensor, teacher: Tensor | TopK, labels: Tensor,
@@ -44,11 +49,7 @@ def divergence(student_logits: Tensor, teacher: Tensor | TopK, labels: Tensor,
     aligned with the logits. No T^2 factor: the objective applies it.
     """
     spec = _spec(kind, temperature, beta, skew, head_mass, ignore_index)
-    flat_teacher = teacher.reshape_tokens() if isinstance(teacher, TopK) else \
-        teacher.reshape(-1, teacher.shape[-1])
-    flat_labels = labels.reshape(-1)
-    terms = token_terms(student_logits.reshape(-1, student_logits.shape[-1]), flat_teacher,
-                        flat_labels, spec)
+    terms = _flat_terms(student_logits, teacher, labels, spec)
     return terms.kd.sum() / terms.valid.sum().clamp(min=1)
 
 

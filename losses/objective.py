@@ -70,7 +70,8 @@ class Objective(nn.Module):
                   "temperature": self.temperature(step)}
         if self.beta is not None:
             values["beta"] = self.beta(step)
-        if self.router_aux_weight is not None:
+        if self.router_aux_weight is not None and (self.router_aux_weight.start
+                                                   or self.router_aux_weight.end):
             values["router_aux_weight"] = self.router_aux_weight(step)
         return values
 
