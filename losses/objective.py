@@ -82,7 +82,6 @@ class Objective(nn.Module):
         path; teacher: logits (..., V), TopK, a (hidden, head_weight) pair, or None for a
         hard-target-only loss; labels: (...)."""
         s = self.scalars(step)
-        soft_on = teacher is not None
         spec = TermSpec(kind=self.divergence, temperature=s["temperature"],
                         params=DivergenceParams(beta=s.get("beta", 0.5), skew=self.skew,
                                                 head_mass=self.head_mass),
@@ -92,17 +91,16 @@ class Objective(nn.Module):
         denominator = torch.as_tensor(step_tokens, dtype=torch.float32).clamp(min=1)
 
         def chunk_fn(student_logits: Tensor, teacher_rows, chunk_labels: Tensor):
-            terms = token_terms(student_logits, teacher_rows if soft_on else None,
-                                chunk_labels, spec)
+            terms = token_terms(student_logits, teacher_rows, chunk_labels, spec)
             hard_w, soft_w = self.strategy.token_weights(terms, s["hard_weight"],
                                                          s["soft_weight"])
             valid = terms.valid.float()
             hard_ce = (hard_w * terms.ce).sum()
-            soft_kd = (soft_w * terms.kd).sum() if terms.kd is not None else hard_ce * 0
-            loss = (hard_scale * hard_ce
-                    + soft_scale * s["temperature"] ** 2 * soft_kd) / denominator.to(hard_ce.device)
-            kd_sum = terms.kd.sum() if terms.kd is not None else hard_ce * 0
-            stats = torch.stack([terms.ce.sum(), kd_sum, hard_ce, soft_kd,
+            kd = terms.kd if terms.kd is not None else torch.zeros_like(terms.ce)  # no teacher
+            soft_kd = (soft_w * kd).sum()
+            loss = (hard_scale * hard_ce + soft_scale * s["temperature"] ** 2 * soft_kd
+                    ) / denominator.to(hard_ce.device)
+            stats = torch.stack([terms.ce.sum(), kd.sum(), hard_ce, soft_kd,
                                  (hard_w * valid).sum(), (soft_w * valid).sum(), valid.sum()])
             return loss, stats.detach()
 
