@@ -79,32 +79,79 @@ class DataConfig:
         "Where trained tokenizers are cached; null means $DISTILL_CACHE or ~/.cache/distill."))
 
 
+_PRESET_HELP = "Named Llama 4 text config (`students.PRESETS`; `distill inspect NAME`)."
+_CONFIG_FILE_HELP = ("A YAML/JSON file of `Llama4TextConfig` fields, or any transformers "
+                     "causal-LM `config.json` (or its directory); replaces `preset`.")
+_OVERRIDES_HELP = ("Config fields that replace the preset's or file's, e.g. "
+                   "`num_hidden_layers: 4`. `vocab_size` always follows the tokenizer.")
+
+
 @dataclass
 class ModelConfig:
-    """A Llama-4-style model: a named preset plus field overrides (students/presets.py)."""
+    """A model built from scratch: a named preset or a config file, plus overrides."""
 
-    preset: str = field(default="scout-tiny", metadata=meta(
-        "Named Llama 4 text config (see `students.PRESETS`)."))
-    overrides: dict[str, Any] = field(default_factory=dict, metadata=meta(
-        "`Llama4TextConfig` fields that replace the preset's, e.g. `num_hidden_layers: 4`. "
-        "`vocab_size` always follows the tokenizer."))
+    preset: str = field(default="scout-tiny", metadata=meta(_PRESET_HELP))
+    config_file: str | None = field(default=None, metadata=meta(_CONFIG_FILE_HELP))
+    overrides: dict[str, Any] = field(default_factory=dict, metadata=meta(_OVERRIDES_HELP))
+
+
+@dataclass
+class StudentConfig:
+    preset: str = field(default="scout-tiny", metadata=meta(_PRESET_HELP))
+    config_file: str | None = field(default=None, metadata=meta(_CONFIG_FILE_HELP))
+    overrides: dict[str, Any] = field(default_factory=dict, metadata=meta(_OVERRIDES_HELP))
+    init: str = field(default="random", metadata=meta(
+        "`random`; `pretrained` (from_pretrained of `name_or_path`, whose config then wins); "
+        "`from_teacher` (embeddings, head, norms and a subset of the teacher's layers and "
+        "experts, copied where shapes match).", choices=("random", "pretrained", "from_teacher")))
+    name_or_path: str | None = field(default=None, metadata=meta(
+        "For `init: pretrained`: a local directory or a hub model name."))
+    teacher_layers: list[int] | None = field(default=None, metadata=meta(
+        "For `from_teacher`: which teacher layers become the student's, in order; null "
+        "spreads them evenly (first and last included)."))
+    teacher_experts: list[int] | None = field(default=None, metadata=meta(
+        "For `from_teacher`: which teacher experts each MoE layer keeps; null keeps the "
+        "first `num_local_experts`."))
+    peft: dict[str, Any] | None = field(default=None, metadata=meta(
+        "Train adapters instead of all weights: a peft config mapping, e.g. "
+        "`{peft_type: LORA, r: 8, lora_alpha: 16, target_modules: [q_proj, v_proj]}` "
+        "(any adapter `peft.get_peft_config` accepts; task_type defaults to CAUSAL_LM)."))
 
 
 @dataclass
 class TeacherConfig:
     kind: str = field(default="codistill", metadata=meta(
-        "`codistill`: a teacher built from `model` that trains on the hard targets alongside "
-        "the student. `hf`: a frozen causal LM loaded with `from_pretrained` from `name_or_path`.",
-        choices=("codistill", "hf")))
+        "`codistill`: built from `model`, trains on the hard targets alongside the student. "
+        "`hf`: a frozen causal LM loaded with `from_pretrained(name_or_path)`. `cached`: the "
+        "`hf` teacher's top-k outputs computed once over the training data, stored on disk "
+        "and reused. `none`: no teacher (hard targets only, e.g. to pretrain a teacher).",
+        choices=("codistill", "hf", "cached", "none")))
     model: ModelConfig = field(default_factory=lambda: ModelConfig(preset="scout-tiny"),
                                metadata=meta("For `codistill`: the teacher's architecture."))
     name_or_path: str | None = field(default=None, metadata=meta(
-        "For `hf`: a local checkpoint directory or a hub model name."))
+        "For `hf` and `cached`: a local checkpoint directory or a hub model name."))
     dtype: str = field(default="float32", metadata=meta(
-        "For `hf`: the dtype the teacher runs in.", choices=("float32", "bfloat16", "float16")))
+        "For `hf` and `cached`: the dtype the teacher runs in.",
+        choices=("float32", "bfloat16", "float16")))
+    device_map: str | None = field(default=None, metadata=meta(
+        "For `hf` and `cached`: a transformers `device_map` (e.g. `auto`) to spread a large "
+        "teacher over the available devices; null places it on the training device."))
     lr: float = field(default=3e-3, metadata=meta(
         "For `codistill`: the teacher's peak learning rate (AdamW, same warmup and "
         "schedule shape as the student).", min=0.0, max=1.0))
+    mutual_weight: float = field(default=0.0, metadata=meta(
+        "For `codistill`: weight of the teacher's own soft term towards the student "
+        "(deep mutual learning); 0 trains the teacher on the hard targets alone.", min=0.0))
+    snapshot_every: int = field(default=0, metadata=meta(
+        "For `codistill`: the student learns from a frozen snapshot of the teacher refreshed "
+        "every N steps (Anil et al. 2018); 0 uses the live teacher.", min=0))
+    top_k: int = field(default=64, metadata=meta(
+        "For `cached`: teacher log-probabilities kept per position (plus the tail mass).",
+        min=1))
+    cache_dir: str | None = field(default=None, metadata=meta(
+        "For `cached`: where caches live; null means `<data cache>/teacher-outputs`."))
+    cache_batch_size: int = field(default=16, metadata=meta(
+        "For `cached`: sequences per teacher forward while filling the cache.", min=1))
 
 
 @dataclass
@@ -179,6 +226,9 @@ class TrainConfig:
     mixed_precision: str = field(default="no", metadata=meta(
         "Autocast precision, as accelerate allows.", choices=("no", "fp16", "bf16")))
     cpu: bool = field(default=False, metadata=meta("Force the CPU even where a GPU exists."))
+    efficient_moe: bool = field(default=True, metadata=meta(
+        "Run Llama 4 MoE layers through the routed-tokens-only forward (same outputs and "
+        "gradients as transformers', cost grows with experts per token, not experts)."))
 
 
 @dataclass
@@ -190,9 +240,8 @@ class Recipe:
         min=0))
     data: DataConfig = field(default_factory=DataConfig, metadata=meta("Text corpus and tokenizer."))
     teacher: TeacherConfig = field(default_factory=TeacherConfig, metadata=meta("The teacher."))
-    student: ModelConfig = field(
-        default_factory=lambda: ModelConfig(preset="scout-tiny"),
-        metadata=meta("The student's architecture (a transformers Llama4ForCausalLM)."))
+    student: StudentConfig = field(default_factory=StudentConfig, metadata=meta(
+        "The student: architecture, initialisation, adapters."))
     loss: LossConfig = field(default_factory=LossConfig, metadata=meta(
         "How soft and hard targets are combined."))
     train: TrainConfig = field(default_factory=TrainConfig, metadata=meta("The training loop."))

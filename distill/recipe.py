@@ -63,25 +63,45 @@ def _check_name(key: str, value: str, allowed: Sequence[str]) -> None:
                         f"{suggest(value, allowed)}")
 
 
-def validate(recipe: Recipe) -> None:
-    """Checks that span several fields; fills schedule defaults from ``train.max_steps``."""
+def _check_models(recipe: Recipe) -> None:
     import students
 
+    teacher, student = recipe.teacher, recipe.student
+    if teacher.kind in ("hf", "cached") and not teacher.name_or_path:
+        raise UserError(f"teacher.name_or_path: kind {teacher.kind!r} needs a checkpoint "
+                        "directory or hub name.")
+    if student.init == "pretrained" and not student.name_or_path:
+        raise UserError("student.name_or_path: init 'pretrained' needs a checkpoint directory "
+                        "or hub name.")
+    if student.init == "from_teacher" and teacher.kind == "none":
+        raise UserError("student.init: 'from_teacher' needs a teacher (teacher.kind is 'none').")
+    sections = [("student", student)]
+    if teacher.kind == "codistill":
+        sections.append(("teacher.model", teacher.model))
+    for key, model in sections:
+        _check_name(f"{key}.preset", model.preset, list(students.PRESETS))
+        if model is student and student.init == "pretrained":
+            continue  # the checkpoint's own config is used
+        try:
+            students.model_config(model.preset, model.overrides, recipe.data.vocab_size,
+                                  config_file=model.config_file)
+        except ValueError as exc:
+            raise UserError(f"{key}: {exc}") from None
+    if student.peft is not None:
+        try:
+            students.make_peft_config(student.peft)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+
+
+def validate(recipe: Recipe) -> None:
+    """Checks that span several fields; fills schedule defaults from ``train.max_steps``."""
     data = recipe.data
     if data.source == "files" and not data.files:
         raise UserError("data.files: source is 'files' but no files are listed.")
     if data.source == "hub" and not data.hub_name:
         raise UserError("data.hub_name: source is 'hub' but no dataset name is given.")
-    if recipe.teacher.kind == "hf" and not recipe.teacher.name_or_path:
-        raise UserError("teacher.name_or_path: kind 'hf' needs a checkpoint directory or hub name.")
-    _check_name("teacher.model.preset", recipe.teacher.model.preset, list(students.PRESETS))
-    _check_name("student.preset", recipe.student.preset, list(students.PRESETS))
-    for key, model in (("teacher.model", recipe.teacher.model), ("student", recipe.student)):
-        try:
-            students.check_overrides(f"{key}.overrides", model.overrides)
-            students.model_config(model.preset, model.overrides, vocab_size=data.vocab_size)
-        except ValueError as exc:
-            raise UserError(f"{key}: {exc}") from None
+    _check_models(recipe)
     steps = recipe.train.max_steps
     _check_schedule("loss.soft_weight", recipe.loss.soft_weight, steps,
                     "in [0, 1]", lambda v: 0.0 <= v <= 1.0)

@@ -21,10 +21,11 @@ import torch
 import losses
 import students
 import teachers
+from distill.build import build_models, write_init_report
 from distill.checkpoint import complete_checkpoints, load_latest_checkpoint, save_checkpoint
 from distill.config import Recipe
 from distill.corpus import load_corpus
-from distill.data import BlockOrder, prepare_data, split_block
+from distill.data import BlockOrder, cache_root, prepare_data, split_block
 from distill.errors import TrainingStopped, UserError
 from distill.evaluation import validation_loss
 from distill.metrics import MetricsLog
@@ -60,7 +61,8 @@ def _save_student(student, tokenizer, output_dir: Path) -> None:
 def _optimizer_and_schedule(model, lr: float, train):
     from transformers import get_scheduler
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=train.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # adapters only under peft
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=train.weight_decay)
     name = "constant_with_warmup" if train.lr_schedule == "constant" else train.lr_schedule
     scheduler = get_scheduler(name, optimizer, num_warmup_steps=train.warmup_steps,
                               num_training_steps=train.max_steps)
@@ -77,19 +79,26 @@ def forward_backward(accelerator, student, teacher, teacher_module, micro_batche
     # token count, so undo both to get exactly that gradient.
     loss_scale = accelerator.gradient_accumulation_steps * accelerator.num_processes
     modules = [student] if teacher_module is None else [student, teacher_module]
+    mutual = teacher_module is not None and teacher.mutual
     sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
     scalars: dict[str, float] = {}
     for mb in micro_batches:
+        ids, labels = mb["input_ids"], mb["labels"]
         with accelerator.accumulate(*modules), accelerator.autocast():
             loss = 0.0
             if teacher_module is None:
-                teacher_out = teacher.outputs(mb["input_ids"], hidden=fused)
-            else:  # the teacher learns the hard targets in the same pass
-                teacher_terms, teacher_out = teacher_module(mb["input_ids"], mb["labels"], None,
-                                                            step, step_tokens)
+                teacher_out = teacher.outputs(mb, hidden=fused)
+            else:  # the teacher learns the hard targets (and the student) in the same pass
+                peer = student(ids, None, None, step, step_tokens, outputs_only=True)[1] \
+                    if mutual else None
+                teacher_terms, teacher_out = teacher_module(ids, labels, peer, step, step_tokens)
+                if teacher.snapshot is not None:  # the student reads the frozen snapshot
+                    teacher_out = teacher.outputs(mb, hidden=fused)
                 loss = teacher_terms.total
                 sums["teacher_ce"] = sums["teacher_ce"] + teacher_terms.terms["ce"]
-            out, _ = student(mb["input_ids"], mb["labels"], teacher_out, step, step_tokens)
+                if mutual:
+                    sums["teacher_kd"] = sums["teacher_kd"] + teacher_terms.terms["kd"]
+            out, _ = student(ids, labels, teacher_out, step, step_tokens)
             accelerator.backward((loss + out.total) * loss_scale)
         for name, value in out.terms.items():
             sums[name] = sums[name] + value
@@ -98,8 +107,11 @@ def forward_backward(accelerator, student, teacher, teacher_module, micro_batche
 
 
 def _use_fused(mode: str, student_lm, teacher) -> bool:
-    possible = students.fused_head(student_lm) is not None and \
+    """Whether both sides can give hidden states and a plain head (a cache gives top-k
+    log-probabilities, which the fused path takes as they are)."""
+    teacher_ok = teacher.model is None or isinstance(teacher, teachers.CachedTeacher) or \
         students.fused_head(teacher.model) is not None
+    possible = students.fused_head(student_lm) is not None and teacher_ok
     if mode == "on" and not possible:
         raise UserError("loss.fused: 'on' needs teacher and student with plain linear output "
                         "heads and a base model that returns hidden states; use 'auto' or 'off'.")
@@ -127,37 +139,30 @@ def run(recipe: Recipe, resume: bool = False) -> RunResult:
     with accelerator.main_process_first():  # the first process trains and caches the tokenizer
         data = prepare_data(recipe.data, load_corpus(recipe.data))
     tokenizer = data.tokenizer
-    vocab_size = len(tokenizer)
 
-    def model_config(model_cfg):
-        return students.model_config(model_cfg.preset, model_cfg.overrides, vocab_size,
-                                     eos_token_id=tokenizer.eos_token_id,
-                                     pad_token_id=tokenizer.pad_token_id)
-
-    student_lm = students.build_model(model_config(recipe.student))
-    teacher = teachers.build(recipe.teacher, model_config=model_config(recipe.teacher.model),
-                             make_optimizer=lambda model, lr: _optimizer_and_schedule(
-                                 model, lr, train))
-    if teacher.vocab_size != vocab_size:
-        raise UserError(f"teacher vocabulary ({teacher.vocab_size}) differs from the "
-                        f"tokenizer's ({vocab_size}); logit distillation needs one vocabulary.")
-    fused = _use_fused(recipe.loss.fused, student_lm, teacher)
+    models = build_models(recipe, tokenizer, lambda model, lr: _optimizer_and_schedule(
+        model, lr, train), cache_root(recipe.data))
+    teacher = models.teacher
+    fused = _use_fused(recipe.loss.fused, models.student, teacher)
     aux = recipe.loss.router_aux_weight
-    student = LMWithObjective(student_lm, losses.build_objective(recipe.loss), fused,
-                              router_aux=max(aux.start, aux.end) > 0)
+    student = LMWithObjective(models.student, losses.build_objective(recipe.loss), fused,
+                              router_aux=max(aux.start, aux.end) > 0,
+                              vocab_rows=models.vocab_rows)
     optimizer, scheduler = _optimizer_and_schedule(student, train.lr, train)
     student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
     trained = [(student, optimizer, scheduler)]
     teacher_module = None
     if teacher.trains:
         teacher_module = LMWithObjective(
-            teacher.model, losses.hard_target_objective(recipe.loss.chunk_size), fused,
-            router_aux=False)
+            teacher.model, losses.hard_target_objective(recipe.loss.chunk_size,
+                                                        recipe.teacher.mutual_weight),
+            fused, router_aux=False, vocab_rows=models.vocab_rows)
         prepared = accelerator.prepare(teacher_module, teacher.optimizer, teacher.scheduler)
         teacher_module = prepared[0]
         trained.append(prepared)
-    else:
-        teacher.prepare(accelerator)
+    teacher.prepare(accelerator, data.train)
+    if main:
+        write_init_report(models.init_report, output_dir)
     order = BlockOrder(len(data.train), train.micro_batch_size, recipe.seed,
                        accelerator.process_index, accelerator.num_processes)
 
@@ -174,14 +179,14 @@ def run(recipe: Recipe, resume: bool = False) -> RunResult:
 
     def evaluate(step: int) -> float:
         student.eval()
-        student_lm = accelerator.unwrap_model(student).lm
-        row = validation_loss(lambda ids: student_lm(input_ids=ids).logits, data.validation,
-                              train.eval_batch_size, accelerator, train.eval_batches)
+        row = validation_loss(accelerator.unwrap_model(student).lm, data.validation,
+                              train.eval_batch_size, accelerator, train.eval_batches,
+                              expert_load=True)
         if teacher.trains:
             teacher.model.eval()
             row["teacher_val_loss"] = validation_loss(
-                lambda ids: teacher.model(input_ids=ids).logits, data.validation,
-                train.eval_batch_size, accelerator, train.eval_batches)["val_loss"]
+                teacher.model, data.validation, train.eval_batch_size, accelerator,
+                train.eval_batches)["val_loss"]
             teacher.model.train()
         student.train()
         log.write({"step": step, "tokens": tokens_seen, **row})
@@ -193,8 +198,11 @@ def run(recipe: Recipe, resume: bool = False) -> RunResult:
     student.train()
     last_time, last_tokens = time.perf_counter(), tokens_seen
     for step in range(start_step, train.max_steps):
-        micro_batches = [split_block(data.train[order.next_indices()].to(accelerator.device))
-                         for _ in range(train.grad_accum_steps)]
+        micro_batches = []
+        for _ in range(train.grad_accum_steps):
+            indices = order.next_indices()
+            micro_batches.append({**split_block(data.train[indices].to(accelerator.device)),
+                                  "block_indices": indices})
         local_tokens = sum(int((mb["labels"] != -100).sum()) for mb in micro_batches)
         step_tokens = int(accelerator.reduce(
             torch.tensor(local_tokens, device=accelerator.device), "sum"))
@@ -217,6 +225,8 @@ def run(recipe: Recipe, resume: bool = False) -> RunResult:
             module_scheduler.step()
             module_optimizer.zero_grad(set_to_none=True)
         accelerator.unwrap_model(student).objective.update({**terms, **scalars})
+        if teacher.trains:
+            teacher.after_step(step + 1)
         tokens_seen += step_tokens
         done = step + 1
 

@@ -43,8 +43,11 @@ def build_objective(cfg) -> Objective:
                      chunk_size=cfg.chunk_size)
 
 
-def hard_target_objective(chunk_size: int = 256) -> Objective:
-    """Cross-entropy on the data alone (a teacher training beside its student)."""
-    zero, one = Schedule("constant", 0.0, 0.0), Schedule("constant", 1.0, 1.0)
-    return Objective(divergence="forward_kl", soft_weight=zero, temperature=one,
-                     chunk_size=chunk_size)
+def hard_target_objective(chunk_size: int = 256, peer_weight: float = 0.0) -> Objective:
+    """For a teacher training beside its student: cross-entropy on the data with weight 1,
+    plus ``peer_weight`` times forward KL towards the student's outputs (mutual learning,
+    Zhang et al. 2018) when it is given them."""
+    return Objective(divergence="forward_kl",
+                     soft_weight=Schedule("constant", peer_weight, peer_weight),
+                     hard_weight=Schedule("constant", 1.0, 1.0),
+                     temperature=Schedule("constant", 1.0, 1.0), chunk_size=chunk_size)

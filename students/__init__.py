@@ -1,55 +1,47 @@
-"""Students: Llama-4-style causal LMs built from named presets plus overrides.
+"""Students: Llama-4-style causal LMs from presets, config files or checkpoints.
 
-Public interface: ``PRESETS``, ``check_overrides``, ``model_config``, ``build_model``.
-Knows nothing of teachers or losses.
+Public interface: ``PRESETS``, ``model_config``, ``check_overrides``, ``read_config_file``,
+``build_model``, ``load_pretrained``, ``init_from_teacher``, ``apply_peft``,
+``make_peft_config``, ``decoder_of``, ``fused_head``, ``router_aux_loss``,
+``enable_efficient_moe``. Knows nothing of teachers' interfaces or of losses.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-from typing import Any, Mapping
+from typing import Any
 
+from students.configs import check_overrides, model_config, read_config_file
 from students.heads import decoder_of, fused_head, router_aux_loss
+from students.init import apply_peft, init_from_teacher, make_peft_config
 from students.presets import PRESETS
 
-__all__ = ["PRESETS", "build_model", "check_overrides", "decoder_of", "fused_head",
-           "model_config", "router_aux_loss"]
+__all__ = ["PRESETS", "apply_peft", "build_model", "check_overrides", "decoder_of",
+           "enable_efficient_moe", "fused_head", "init_from_teacher", "load_pretrained",
+           "make_peft_config", "model_config", "read_config_file", "router_aux_loss"]
 
 
-def _config_fields() -> set[str]:
-    from transformers import Llama4TextConfig
+def enable_efficient_moe(model) -> int:
+    """Route Llama 4 MoE layers through the routed-tokens-only forward; returns how many."""
+    from students.moe import enable_efficient_moe as enable
 
-    return {f.name for f in dataclasses.fields(Llama4TextConfig)}
-
-
-def check_overrides(key: str, overrides: Mapping[str, Any]) -> None:
-    """Raise ValueError for override names that ``Llama4TextConfig`` does not have."""
-    known = _config_fields()
-    for name in overrides:
-        if name not in known:
-            close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ValueError(f"unknown key '{key}.{name}': not a Llama4TextConfig field.{hint}")
+    return enable(model)
 
 
-def model_config(preset: str, overrides: Mapping[str, Any], vocab_size: int,
-                 eos_token_id: int | None = None, pad_token_id: int | None = None):
-    """The ``Llama4TextConfig`` of ``preset`` with ``overrides``; the vocabulary follows
-    the tokenizer, so ``vocab_size`` here always wins."""
-    from transformers import Llama4TextConfig
+def build_model(config, efficient_moe: bool = True) -> Any:
+    """A randomly initialised causal LM for ``config`` (initialisation follows torch's seed)."""
+    from transformers import AutoModelForCausalLM
 
-    fields = {**PRESETS[preset], **overrides, "vocab_size": vocab_size,
-              "bos_token_id": None, "eos_token_id": eos_token_id, "pad_token_id": pad_token_id}
-    try:
-        return Llama4TextConfig(**fields)
-    except (TypeError, ValueError) as exc:  # strict dataclass validation of field types
-        raise ValueError(f"invalid model config for preset {preset!r} with overrides "
-                        f"{dict(overrides)}: {exc}") from None
+    model = AutoModelForCausalLM.from_config(config)
+    if efficient_moe:
+        enable_efficient_moe(model)
+    return model
 
 
-def build_model(config) -> Any:
-    """A randomly initialised ``Llama4ForCausalLM`` (initialisation follows torch's seed)."""
-    from transformers import Llama4ForCausalLM
+def load_pretrained(name_or_path: str, efficient_moe: bool = True, **kwargs) -> Any:
+    """``AutoModelForCausalLM.from_pretrained``, with the efficient MoE forward."""
+    from transformers import AutoModelForCausalLM
 
-    return Llama4ForCausalLM(config)
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    if efficient_moe:
+        enable_efficient_moe(model)
+    return model

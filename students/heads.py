@@ -11,15 +11,21 @@ _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling",
                      "output_multiplier_scale")
 
 
+def _unwrap_peft(lm: nn.Module) -> nn.Module:
+    """A peft-wrapped model's transformers model (with its adapter layers injected)."""
+    return lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+
+
 def decoder_of(lm: nn.Module) -> nn.Module | None:
     """The base model that returns the final (normed) hidden states, if there is one."""
-    base = getattr(lm, "model", None)
+    base = getattr(_unwrap_peft(lm), "model", None)
     return base if isinstance(base, nn.Module) else None
 
 
 def fused_head(lm: nn.Module) -> torch.Tensor | None:
     """The output head's weight (V, H) when logits are exactly ``hidden @ weight.T``;
     None when the model adds a bias, scaling or soft-capping (the fused path is then off)."""
+    lm = _unwrap_peft(lm)
     head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
     if not isinstance(head, nn.Linear) or head.bias is not None or decoder_of(lm) is None:
         return None

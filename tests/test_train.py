@@ -45,11 +45,12 @@ def _step_gradients(micro_batches: list[dict], grad_accum: int, step_tokens: int
     objective = losses.Objective("forward_kl", losses.Schedule("constant", 0.4, 0.4),
                                  losses.Schedule("constant", 2.0, 2.0), chunk_size=7)
     student = accelerator.prepare(LMWithObjective(students.build_model(config), objective,
-                                                  fused, router_aux=False))
+                                                  fused, router_aux=False, vocab_rows=50))
     teacher_lm = students.build_model(config)
     teacher = CodistillTeacher(teacher_lm, None, None)
     teacher_module = accelerator.prepare(LMWithObjective(
-        teacher_lm, losses.hard_target_objective(chunk_size=5), fused, router_aux=False))
+        teacher_lm, losses.hard_target_objective(chunk_size=5), fused, router_aux=False,
+        vocab_rows=50))
     forward_backward(accelerator, student, teacher, teacher_module, micro_batches, 0,
                      step_tokens, fused)
     student_lm = accelerator.unwrap_model(student).lm
