@@ -45,3 +45,16 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "distill", *args], capture_output=True,
                           text=True, timeout=timeout, cwd=REPO, env=env)
+
+
+QUICKSTART = str(REPO / "recipes" / "quickstart.yaml")
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, cache_dir) -> Path:
+    """One uninterrupted tiny codistillation run through the CLI, shared by many tests:
+    its student/ also serves as a small local checkpoint (teacher, pretrained student)."""
+    out = tmp_path_factory.mktemp("runs") / "full"
+    result = run_cli("run", QUICKSTART, *tiny_overrides(out, cache_dir, **{"train.max_steps": 24}))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out

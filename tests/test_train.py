@@ -89,15 +89,6 @@ def test_one_by_eight_equals_eight_by_one_and_the_plain_formula(fused: bool):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, cache_dir) -> Path:
-    """One uninterrupted tiny run through the CLI, shared by the tests below."""
-    out = tmp_path_factory.mktemp("runs") / "full"
-    result = run_cli("run", QUICKSTART, *tiny_overrides(out, cache_dir, **{"train.max_steps": 24}))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
-
-
 def test_cli_run_writes_every_output(finished_run: Path):
     rows = read_metrics(finished_run / "metrics.jsonl")
     train_rows = [r for r in rows if "loss" in r]

@@ -1,0 +1,164 @@
+"""Teachers: frozen hf, cached top-k on disk, codistillation with mutual learning and
+snapshots; the shared-vocabulary checks."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import students
+from distill.errors import UserError
+from distill.metrics import read_metrics
+from distill.recipe import load_recipe
+from distill.train import run
+from teachers import CachedTeacher
+from teachers.codistill import CodistillTeacher
+from tests.conftest import QUICKSTART, TINY_MODEL, tiny_overrides
+
+
+def _recipe(out: Path, cache_dir: Path, **extra):
+    return load_recipe(QUICKSTART, tiny_overrides(out, cache_dir, **{
+        "train.max_steps": 4, "train.checkpoint_every": 0, "train.eval_every": 0, **extra}))
+
+
+def _val_losses(out: Path) -> list[float]:
+    return [r["val_loss"] for r in read_metrics(out / "metrics.jsonl") if "val_loss" in r]
+
+
+def test_cached_teacher_is_filled_once_reused_and_equals_the_live_teacher(
+        finished_run: Path, tmp_path: Path, cache_dir: Path, monkeypatch):
+    teacher_dir = str(finished_run / "student")
+    common = {"teacher.name_or_path": teacher_dir, "data.tokenizer": teacher_dir,
+              "teacher.cache_dir": str(tmp_path / "teacher-cache")}
+    run(_recipe(tmp_path / "live", cache_dir, **{"teacher.kind": "hf", **common}))
+    # k = vocabulary: the cached top-k plus an empty tail is the full distribution
+    run(_recipe(tmp_path / "cached", cache_dir, **{"teacher.kind": "cached",
+                                                   "teacher.top_k": 512, **common}))
+    assert _val_losses(tmp_path / "cached") == pytest.approx(_val_losses(tmp_path / "live"),
+                                                             rel=1e-4)
+    caches = [p for p in (tmp_path / "teacher-cache").iterdir() if not p.name.startswith(".")]
+    assert len(caches) == 1 and (caches[0] / "meta.json").is_file()
+    log_probs = np.load(caches[0] / "log_probs.npy", mmap_mode="r")
+    assert log_probs.shape[-1] == 512
+
+    def must_not_fill(self, *args):
+        raise AssertionError("a valid cache must be reused, not refilled")
+
+    monkeypatch.setattr(CachedTeacher, "_fill", must_not_fill)
+    run(_recipe(tmp_path / "again", cache_dir, **{"teacher.kind": "cached",
+                                                  "teacher.top_k": 512, **common}))
+    assert _val_losses(tmp_path / "again") == _val_losses(tmp_path / "cached")
+
+
+def test_stale_or_corrupt_cache_is_rebuilt(finished_run: Path, tmp_path: Path, cache_dir: Path):
+    teacher_dir = tmp_path / "teacher"
+    model = students.load_pretrained(str(finished_run / "student"))
+    model.save_pretrained(teacher_dir)
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(finished_run / "student").save_pretrained(teacher_dir)
+    common = {"teacher.kind": "cached", "teacher.name_or_path": str(teacher_dir),
+              "data.tokenizer": str(teacher_dir), "teacher.top_k": 8,
+              "teacher.cache_dir": str(tmp_path / "cache")}
+    recipe = _recipe(tmp_path / "a", cache_dir, **common)
+
+    def cache_teacher(recipe):
+        from accelerate import Accelerator
+
+        from distill.corpus import load_corpus
+        from distill.data import prepare_data
+        from teachers import build
+
+        data = prepare_data(recipe.data, load_corpus(recipe.data))
+        teacher = build(recipe.teacher, model_config=None, make_optimizer=None,
+                        cache_root=tmp_path)
+        teacher.vocab_limit = len(data.tokenizer)
+        teacher.prepare(Accelerator(cpu=True), data.train)
+        return teacher
+
+    first = cache_teacher(recipe)
+    assert first.rebuilt
+    assert not cache_teacher(recipe).rebuilt
+    # corrupt: a truncated array is detected and the cache filled again
+    array = first.path / "log_probs.npy"
+    array.write_bytes(array.read_bytes()[: array.stat().st_size // 2])
+    assert cache_teacher(recipe).rebuilt
+    # stale: new teacher weights at the same path give a different fingerprint
+    with torch.no_grad():
+        model.lm_head.weight.mul_(2.0)
+    model.save_pretrained(teacher_dir)
+    changed = cache_teacher(recipe)
+    assert changed.rebuilt and changed.path != first.path
+
+
+def test_codistill_mutual_and_snapshot_run_and_resume(tmp_path: Path, cache_dir: Path):
+    extra = {"teacher.mutual_weight": 0.5, "teacher.snapshot_every": 3,
+             "train.max_steps": 6, "train.checkpoint_every": 3}
+    run(_recipe(tmp_path / "full", cache_dir, **extra))
+    rows = [r for r in read_metrics(tmp_path / "full" / "metrics.jsonl") if "loss" in r]
+    assert all(r["teacher_kd"] > 0 and r["teacher_ce"] > 0 for r in rows)
+    # resuming from the step-3 checkpoint (snapshot, live teacher, optimizers) matches
+    partial = tmp_path / "partial"
+    shutil.copytree(tmp_path / "full", partial)
+    shutil.rmtree(partial / "checkpoints" / "step-00000006")
+    shutil.rmtree(partial / "student")
+    run(_recipe(partial, cache_dir, **extra), resume=True)
+    assert _val_losses(partial)[-1] == pytest.approx(_val_losses(tmp_path / "full")[-1],
+                                                     rel=1e-6)
+
+
+def test_snapshot_refreshes_every_n_steps():
+    config = students.model_config("scout-tiny", TINY_MODEL, vocab_size=30)
+    model = students.build_model(config)
+    teacher = CodistillTeacher(model, None, None, snapshot_every=2)
+    with torch.no_grad():
+        model.lm_head.weight.add_(1.0)
+    teacher.after_step(1)
+    assert not torch.equal(teacher.snapshot.lm_head.weight, model.lm_head.weight)
+    teacher.after_step(2)
+    assert torch.equal(teacher.snapshot.lm_head.weight, model.lm_head.weight)
+
+
+def _save_teacher(path: Path, vocab: int, tokenizer_from: Path | None = None) -> Path:
+    config = students.model_config("scout-tiny", TINY_MODEL, vocab_size=vocab, eos_token_id=0)
+    students.build_model(config).save_pretrained(path)
+    if tokenizer_from is not None:
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(tokenizer_from).save_pretrained(path)
+    return path
+
+
+def test_padded_teacher_vocabulary_is_handled(finished_run: Path, tmp_path: Path, cache_dir):
+    # 520 rows for a 512-token tokenizer: the padding rows are ignored
+    teacher = _save_teacher(tmp_path / "padded", 520, finished_run / "student")
+    result = run(_recipe(tmp_path / "run", cache_dir, **{
+        "teacher.kind": "hf", "teacher.name_or_path": str(teacher),
+        "data.tokenizer": str(teacher)}))
+    assert result.final_val_loss < result.first_val_loss
+
+
+def test_vocabulary_mismatches_are_refused_before_training(finished_run, tmp_path, cache_dir):
+    small = _save_teacher(tmp_path / "small", 300)
+    with pytest.raises(UserError, match="teacher's output head has 300 rows but the tokenizer "
+                                        "has 512 tokens"):
+        run(_recipe(tmp_path / "a", cache_dir, **{"teacher.kind": "hf",
+                                                  "teacher.name_or_path": str(small)}))
+    # same size, different tokenizer: the data's trained BPE is not the teacher's
+    other = _save_teacher(tmp_path / "other", 512, finished_run / "student")
+    with pytest.raises(UserError, match="teacher's tokenizer .* differs from the data's"):
+        run(_recipe(tmp_path / "b", cache_dir, **{"teacher.kind": "hf",
+                                                  "teacher.name_or_path": str(other),
+                                                  "data.vocab_size": 511}))
+
+
+def test_teacher_none_pretrains_hard_targets_only(tmp_path: Path, cache_dir: Path):
+    result = run(_recipe(tmp_path / "pre", cache_dir, **{"teacher.kind": "none",
+                                                          "loss.soft_weight": 0.0}))
+    rows = [r for r in read_metrics(tmp_path / "pre" / "metrics.jsonl") if "loss" in r]
+    assert all(r["kd"] == 0.0 and r["loss"] == pytest.approx(r["ce"]) for r in rows)
+    assert result.final_val_loss < result.first_val_loss
