@@ -61,6 +61,7 @@ def model_config(preset: str, overrides: Mapping[str, Any], vocab_size: int,
     with ``AutoConfig.for_model`` (any causal LM); otherwise the fields are Llama4TextConfig's.
     Raises ValueError with the offending key on any problem.
     """
+    from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoConfig, Llama4TextConfig
 
     base = dict(PRESETS[preset]) if config_file is None else read_config_file(config_file)
@@ -81,6 +82,6 @@ def model_config(preset: str, overrides: Mapping[str, Any], vocab_size: int,
         check_overrides("overrides", overrides, known)
         config.update({**overrides, **special})
         return config
-    except (TypeError, ValueError, KeyError) as exc:  # incl. strict field-type validation
+    except (TypeError, ValueError, KeyError, StrictDataclassError) as exc:
         raise ValueError(f"invalid model config ({where}, overrides {dict(overrides)}): "
                          f"{exc}") from None
