@@ -40,7 +40,54 @@ def _parser() -> argparse.ArgumentParser:
                          help="sequences per GPU per micro-batch (default 1)")
     inspect.add_argument("--chunk-size", type=int, default=256,
                          help="tokens per chunk of the fused loss (default 256)")
+    compare = commands.add_parser(
+        "compare", help="run a recipe under several loss variants and compare them",
+        description="Run the recipe's compare.variants with the same seed, data order and "
+                    "step budget; key=value overrides apply to every variant. Run again "
+                    "after an interruption: finished variants are kept.")
+    compare.add_argument("recipe")
+    compare.add_argument("overrides", nargs="*", metavar="key=value")
+    compare.add_argument("--jobs", type=int, default=1,
+                         help="variants run in parallel processes (default 1)")
+    evaluation = commands.add_parser(
+        "eval", help="validation loss, perplexity, calibration and agreement with a teacher",
+        description="Evaluate a run directory (its student on its own validation split, "
+                    "against its own hf/cached teacher) or a saved model directory.")
+    evaluation.add_argument("target", metavar="MODEL_OR_RUN_DIR")
+    evaluation.add_argument("--teacher", help="a teacher checkpoint to compare with (KL, "
+                                              "top-1 agreement)")
+    evaluation.add_argument("--data", help="a recipe (its data section) or a text/JSON-lines/"
+                                           "parquet file to evaluate on")
+    evaluation.add_argument("--batches", type=int, default=16,
+                            help="validation batches of 16 sequences (default 16)")
+    evaluation.add_argument("--kl-tokens", type=int, default=2048,
+                            help="positions on which KL to the teacher is computed")
+    evaluation.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from distill.compare import run_comparison
+
+    if args.jobs < 1:
+        raise UserError(f"--jobs: got {args.jobs}; must be >= 1.")
+    out = run_comparison(args.recipe, args.overrides, args.jobs)
+    print(f"comparison written to {out}/ (report.md, comparison.md/.csv/.png)")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import json
+
+    from distill.assess import evaluate_target
+
+    result = evaluate_target(args.target, args.teacher, args.data, args.batches, args.kl_tokens)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for key, value in result.items():
+            print(f"{key:>16}  {value:.4f}" if isinstance(value, float) else f"{key:>16}  {value}")
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -74,7 +121,8 @@ def _inspect(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _inspect(args) if args.command == "inspect" else _run(args)
+        commands = {"inspect": _inspect, "eval": _eval, "compare": _compare, "run": _run}
+        return commands[args.command](args)
     except (UserError, TrainingStopped) as exc:
         print(f"distill: error: {exc}", file=sys.stderr)
         return exc.exit_code

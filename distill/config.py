@@ -232,6 +232,31 @@ class TrainConfig:
 
 
 @dataclass
+class VariantConfig:
+    name: str = field(default="", metadata=meta(
+        "The variant's name: a directory name under `output_dir/variants/` and its label in "
+        "the table and plot (letters, digits, `-`, `_`, `.`)."))
+    overrides: dict[str, Any] = field(default_factory=dict, metadata=meta(
+        "Dotted recipe keys and their values for this variant, e.g. "
+        "`{loss.soft_weight: 0.0}`. Seed, data and step budget are shared: they cannot be "
+        "overridden here."))
+    description: str = field(default="", metadata=meta("One line for the report."))
+
+
+@dataclass
+class CompareConfig:
+    variants: list[VariantConfig] = field(default_factory=list, metadata=meta(
+        "What `distill compare` runs: the base recipe under each variant's overrides."))
+    teacher_recipe: str | None = field(default=None, metadata=meta(
+        "A recipe that trains the teacher first (into `output_dir/teacher`); its student "
+        "then teaches every variant as a cached teacher. Null uses the recipe's own teacher "
+        "(an `hf` teacher is cached once and shared)."))
+    eval_batches: int = field(default=16, metadata=meta(
+        "Validation batches for the final comparison metrics (KL to the teacher, top-1 "
+        "agreement, calibration).", min=1))
+
+
+@dataclass
 class Recipe:
     output_dir: str = field(default="runs/quickstart", metadata=meta(
         "Directory for metrics.jsonl, config.yaml, checkpoints/ and student/."))
@@ -245,3 +270,5 @@ class Recipe:
     loss: LossConfig = field(default_factory=LossConfig, metadata=meta(
         "How soft and hard targets are combined."))
     train: TrainConfig = field(default_factory=TrainConfig, metadata=meta("The training loop."))
+    compare: CompareConfig = field(default_factory=CompareConfig, metadata=meta(
+        "Variants for `distill compare` (ignored by `distill run`)."))

@@ -14,6 +14,11 @@ from distill.schema import apply_override, build, parse_override, suggest, to_di
 
 def load_recipe(path: str | Path | None, overrides: Sequence[str] = ()) -> Recipe:
     """Read ``path`` (safe YAML only), apply ``key=value`` overrides, validate everything."""
+    return recipe_from_dict(load_recipe_data(path, overrides))
+
+
+def load_recipe_data(path: str | Path | None, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The recipe's mapping with the overrides applied, before it becomes a Recipe."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -30,9 +35,7 @@ def load_recipe(path: str | Path | None, overrides: Sequence[str] = ()) -> Recip
     for text in overrides:
         parts, value = parse_override(text)
         apply_override(data, parts, value)
-    recipe = build(Recipe, data)
-    validate(recipe)
-    return recipe
+    return data
 
 
 def recipe_from_dict(data: dict[str, Any]) -> Recipe:

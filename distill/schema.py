@@ -45,7 +45,9 @@ def _type_name(tp: Any) -> str:
     if dataclasses.is_dataclass(inner):
         name = "a mapping"
     elif typing.get_origin(inner) is list:
-        name = "a list of strings"
+        (item_type,) = typing.get_args(inner)
+        name = {str: "a list of strings", int: "a list of integers"}.get(
+            item_type, "a list of mappings")
     elif typing.get_origin(inner) is dict:
         name = "a mapping"
     else:
@@ -81,8 +83,13 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, str):
             return value
     elif typing.get_origin(inner) is list:
-        items = [value] if isinstance(value, str) else value
-        if isinstance(items, list) and all(isinstance(v, str) for v in items):
+        (item_type,) = typing.get_args(inner)
+        if dataclasses.is_dataclass(item_type) and isinstance(value, list):
+            return [_convert(item, item_type, f"{key}[{i}]") for i, item in enumerate(value)]
+        items = [value] if isinstance(value, (str, int)) and not isinstance(value, bool) \
+            else value
+        if isinstance(items, list) and all(isinstance(v, item_type) and not isinstance(v, bool)
+                                           for v in items):
             return list(items)
     elif typing.get_origin(inner) is dict:
         if isinstance(value, dict):
@@ -195,6 +202,9 @@ def reference_markdown(cls: type, prefix: str = "") -> str:
         rows.append(f"| `{key}` | {_type_name(hints[f.name])} | {shown} | {meaning} |")
         if dataclasses.is_dataclass(inner) and not hasattr(inner, "start"):
             nested.append((key, inner))
+        elif typing.get_origin(inner) is list and dataclasses.is_dataclass(
+                typing.get_args(inner)[0]):
+            nested.append((f"{key}[]", typing.get_args(inner)[0]))
     text = "\n".join(rows)
     for key, inner in nested:
         text += "\n" + reference_markdown(inner, prefix=f"{key}.")

@@ -29,6 +29,7 @@ from distill.data import BlockOrder, cache_root, prepare_data, split_block
 from distill.errors import TrainingStopped, UserError
 from distill.evaluation import validation_loss
 from distill.metrics import MetricsLog
+from distill.model_card import write_model_card
 from distill.modules import LMWithObjective
 from distill.recipe import dump_recipe
 
@@ -48,12 +49,15 @@ def _check_output_dir(output_dir: Path, resume: bool) -> None:
                         "continue it, or choose another output_dir.")
 
 
-def _save_student(student, tokenizer, output_dir: Path) -> None:
-    """save_pretrained into a staging directory, then rename: student/ is whole or absent."""
+def _save_student(student, tokenizer, output_dir: Path, recipe: Recipe, metrics: dict) -> None:
+    """save_pretrained (and a model card) into a staging directory, then rename: student/
+    is whole or absent."""
     target = output_dir / "student"
     staging = Path(tempfile.mkdtemp(dir=output_dir, prefix=".staging-student-"))
     student.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
+    write_model_card(staging, recipe, metrics, adapter=recipe.student.peft is not None,
+                     shown_path=target)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(staging, target)
 
@@ -177,6 +181,8 @@ def run(recipe: Recipe, resume: bool = False) -> RunResult:
     if main:
         (output_dir / "config.yaml").write_text(dump_recipe(recipe))
 
+    last_eval: dict = {}
+
     def evaluate(step: int) -> float:
         student.eval()
         row = validation_loss(accelerator.unwrap_model(student).lm, data.validation,
@@ -190,6 +196,7 @@ def run(recipe: Recipe, resume: bool = False) -> RunResult:
             teacher.model.train()
         student.train()
         log.write({"step": step, "tokens": tokens_seen, **row})
+        last_eval.update(row)
         return row["val_loss"]
 
     if start_step == 0:
@@ -249,7 +256,8 @@ def run(recipe: Recipe, resume: bool = False) -> RunResult:
     bar.close()
     final_val_loss = evaluate(train.max_steps)
     if main:
-        _save_student(accelerator.unwrap_model(student).lm, tokenizer, output_dir)
+        final = {"steps": train.max_steps, "tokens": tokens_seen, **last_eval}
+        _save_student(accelerator.unwrap_model(student).lm, tokenizer, output_dir, recipe, final)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return RunResult(output_dir=output_dir, first_val_loss=first_val_loss,

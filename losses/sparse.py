@@ -6,12 +6,17 @@ student's distribution is folded the same way (its top-k entries at the teacher'
 plus the sum of the rest), so both sides are distributions over k + 1 outcomes. With
 k = vocabulary size the tail is empty and the result equals the full computation.
 
-At temperature T the buckets' logits are divided by T like any logit; for T != 1 this is
-an approximation for the tail (its members are tempered as one token), exact for T = 1.
+At temperature T the top-k logits are divided by T as usual. The tail's own logits are
+unknown, so its tempered mass assumes its m = V - k tokens share the tail mass t equally
+(the maximum-entropy guess): m * (t / m)^(1/T), i.e. a bucket log-weight of
+(log t - log m) / T + log m. This is exact at T = 1 and for an empty tail (k = V); treating
+the tail as one token instead would shrink its tempered mass by a factor of about
+m^(1 - 1/T) and push the student to starve its tail.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -73,6 +78,13 @@ def fold(student_log_probs: Tensor, teacher: TopK, temperature: float) -> tuple[
     q_top = student_log_probs.gather(-1, teacher.indices)
     q_tail = _masked_logsumexp(student_log_probs, teacher.indices)
     log_q = torch.cat([q_top, q_tail.unsqueeze(-1)], dim=-1)
-    teacher_logits = torch.cat([teacher.log_probs, teacher.log_tail.unsqueeze(-1)], dim=-1)
-    log_p = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    tail_tokens = student_log_probs.shape[-1] - teacher.indices.shape[-1]
+    log_tail = teacher.log_tail.float()
+    if tail_tokens > 0 and temperature != 1.0:  # uniform-tail tempering (module docstring)
+        log_m = math.log(tail_tokens)
+        log_tail = (log_tail - log_m) / temperature + log_m
+    else:
+        log_tail = log_tail / temperature
+    tempered = torch.cat([teacher.log_probs.float() / temperature, log_tail.unsqueeze(-1)], dim=-1)
+    log_p = torch.log_softmax(tempered, dim=-1)
     return log_q, log_p

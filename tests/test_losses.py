@@ -287,3 +287,19 @@ def test_recipe_choices_match_the_registries():
 def test_topk_shape_helpers():
     sparse = TopK(torch.zeros(2, 3, 4), torch.zeros(2, 3, 4, dtype=torch.long), torch.zeros(2, 3))
     assert sparse.shape == (2, 3) and sparse.reshape_tokens().indices.shape == (6, 4)
+
+
+def test_topk_tail_tempering_assumes_a_uniform_tail():
+    # 2 kept tokens, a tail of 2 tokens holding 0.2: at T = 2 each tail token counts as
+    # (0.1)^(1/2), so the teacher's tempered buckets are [0.5^.5, 0.3^.5, 2 * 0.1^.5] / Z.
+    p = torch.tensor([[0.5, 0.3, 0.1, 0.1]])
+    teacher = topk_from_logits(p.log(), k=2)
+    student = torch.zeros(1, 4)
+    weights = [0.5 ** 0.5, 0.3 ** 0.5, 2 * 0.1 ** 0.5]
+    buckets = [w / sum(weights) for w in weights]
+    expected = _kl(buckets, [0.25, 0.25, 0.5])
+    value = losses.divergence(student, teacher, torch.tensor([0]), "forward_kl", temperature=2.0)
+    assert value.item() == pytest.approx(expected, rel=1e-5)
+    # with an actually uniform tail it equals the full computation
+    full = losses.divergence(student, p.log(), torch.tensor([0]), "forward_kl", temperature=2.0)
+    assert value.item() == pytest.approx(full.item(), rel=1e-5)

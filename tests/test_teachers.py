@@ -162,3 +162,27 @@ def test_teacher_none_pretrains_hard_targets_only(tmp_path: Path, cache_dir: Pat
     rows = [r for r in read_metrics(tmp_path / "pre" / "metrics.jsonl") if "loss" in r]
     assert all(r["kd"] == 0.0 and r["loss"] == pytest.approx(r["ce"]) for r in rows)
     assert result.final_val_loss < result.first_val_loss
+
+
+def test_hf_teacher_loads_the_text_model_of_a_multimodal_llama4_checkpoint(tmp_path: Path):
+    from transformers import Llama4Config, Llama4ForConditionalGeneration
+
+    from teachers import HFTeacher
+
+    text = {**students.PRESETS["scout-tiny"], **TINY_MODEL, "vocab_size": 64,
+            "bos_token_id": None, "eos_token_id": 0, "pad_token_id": None}
+    vision = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "intermediate_size": 32, "vision_output_dim": 32, "image_size": 28,
+              "patch_size": 14, "projector_input_dim": 32, "projector_output_dim": 32}
+    full = Llama4ForConditionalGeneration(Llama4Config(
+        text_config=text, vision_config=vision, boi_token_index=60, eoi_token_index=61,
+        image_token_index=62))
+    full.save_pretrained(tmp_path / "llama4")
+    teacher = HFTeacher(str(tmp_path / "llama4"))
+    teacher.output_device = torch.device("cpu")
+    ids = torch.randint(0, 60, (2, 9))
+    with torch.no_grad():
+        expected = full(input_ids=ids).logits
+    torch.testing.assert_close(teacher.outputs({"input_ids": ids}, hidden=False), expected)
+    hidden, head = teacher.outputs({"input_ids": ids}, hidden=True)
+    torch.testing.assert_close(hidden @ head.t(), expected, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,173 @@
+"""``distill compare``: one base recipe under several variants, same seed, data order and
+step budget; a frozen teacher's outputs computed once and shared.
+
+Layout of ``output_dir``:
+    teacher/                 the teacher trained by ``compare.teacher_recipe`` (if any)
+    variants/<name>/         each variant's run (recipe.yaml, log.txt, the usual outputs)
+    variants/<name>/result.json   written once the variant finished: it is then kept
+    comparison.md, comparison.csv, comparison.png, report.md
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from distill.checkpoint import complete_checkpoints
+from distill.config import Recipe
+from distill.errors import UserError
+from distill.recipe import dump_recipe, load_recipe_data, recipe_from_dict
+from distill.schema import apply_override
+
+# What every variant shares, so that their results differ by the loss alone.
+_SHARED = ("seed", "output_dir", "data", "compare", "train.max_steps",
+           "train.micro_batch_size", "train.grad_accum_steps")
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+@dataclass
+class Variant:
+    name: str
+    description: str
+    overrides: dict[str, Any]
+    recipe: Recipe
+    directory: Path
+
+
+def _teacher_overrides(data: dict[str, Any]) -> dict[str, Any]:
+    """Every variant reads one cached teacher: the one ``compare.teacher_recipe`` trains
+    into ``output_dir/teacher``, or the recipe's own hf teacher."""
+    compare = data.get("compare") or {}
+    if isinstance(compare, dict) and compare.get("teacher_recipe"):
+        student = str(Path(str(data.get("output_dir", "runs/quickstart"))) / "teacher" / "student")
+        return {"teacher.kind": "cached", "teacher.name_or_path": student,
+                "data.tokenizer": student}
+    if isinstance(data.get("teacher"), dict) and data["teacher"].get("kind") == "hf":
+        return {"teacher.kind": "cached"}
+    return {}
+
+
+def plan(recipe_path: str, overrides: Sequence[str]) -> tuple[Recipe, list[Variant]]:
+    """Validate the base recipe and every variant before any work starts."""
+    data = load_recipe_data(recipe_path, overrides)
+    shared = _teacher_overrides(data)
+    for key, value in shared.items():
+        apply_override(data, key.split("."), value)
+    base = recipe_from_dict(data)
+    if not base.compare.variants:
+        raise UserError(f"compare.variants: {recipe_path} lists no variants to compare.")
+    out = Path(base.output_dir)
+    variants, seen = [], set()
+    for index, spec in enumerate(base.compare.variants):
+        where = f"compare.variants[{index}]"
+        if not _NAME.match(spec.name or ""):
+            raise UserError(f"{where}.name: got {spec.name!r}; use letters, digits, '-', '_', '.'.")
+        if spec.name in seen:
+            raise UserError(f"{where}.name: {spec.name!r} is used twice.")
+        seen.add(spec.name)
+        for key in spec.overrides:
+            if any(key == s or key.startswith(s + ".") for s in _SHARED):
+                raise UserError(f"{where}.overrides: {key!r} must be the same for every "
+                                f"variant (shared: {', '.join(_SHARED)}).")
+        variant_data = json.loads(json.dumps(data))  # a deep copy of plain data
+        variant_data.pop("compare", None)
+        directory = out / "variants" / spec.name
+        for key, value in {**spec.overrides, "output_dir": str(directory)}.items():
+            apply_override(variant_data, key.split("."), value)
+        try:
+            recipe = recipe_from_dict(variant_data)
+        except UserError as exc:
+            raise UserError(f"{where} ({spec.name}): {exc}") from None
+        variants.append(Variant(spec.name, spec.description, dict(spec.overrides), recipe,
+                                directory))
+    return base, variants
+
+
+def _distill(args: list[str], log: Path, threads: int | None = None) -> int:
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    with open(log, "a", encoding="utf-8") as handle:
+        return subprocess.run([sys.executable, "-m", "distill", *args], stdout=handle,
+                              stderr=subprocess.STDOUT, env=env).returncode
+
+
+def _train_teacher(base: Recipe, out: Path) -> None:
+    teacher_dir = out / "teacher"
+    if (teacher_dir / "student" / "config.json").is_file():
+        print(f"teacher: reusing {teacher_dir / 'student'}")
+        return
+    teacher_dir.mkdir(parents=True, exist_ok=True)
+    args = ["run", base.compare.teacher_recipe, f"output_dir={teacher_dir}"]
+    if complete_checkpoints(teacher_dir):
+        args.append("--resume")
+    print(f"teacher: training with {base.compare.teacher_recipe} (log: {teacher_dir}/log.txt)")
+    if _distill(args, teacher_dir / "log.txt") != 0:
+        raise UserError(f"the teacher recipe failed; see {teacher_dir / 'log.txt'}")
+
+
+def _fill_cache(recipe: Recipe) -> None:
+    """Compute the frozen teacher's outputs once, before the variants read them."""
+    from accelerate import Accelerator
+
+    import teachers
+    from distill.corpus import load_corpus
+    from distill.data import cache_root, prepare_data
+
+    data = prepare_data(recipe.data, load_corpus(recipe.data))
+    teacher = teachers.build(recipe.teacher, model_config=None, make_optimizer=None,
+                             efficient_moe=recipe.train.efficient_moe,
+                             cache_root=cache_root(recipe.data))
+    teacher.vocab_limit = len(data.tokenizer)
+    teacher.prepare(Accelerator(cpu=recipe.train.cpu), data.train)
+    print(f"teacher outputs: {'computed into' if teacher.rebuilt else 'reusing'} {teacher.path}")
+
+
+def _run_variant(variant: Variant, threads: int | None) -> dict[str, Any]:
+    result_file = variant.directory / "result.json"
+    if result_file.is_file():
+        return json.loads(result_file.read_text())
+    variant.directory.mkdir(parents=True, exist_ok=True)
+    recipe_file = variant.directory / "recipe.yaml"
+    recipe_file.write_text(dump_recipe(variant.recipe))
+    args = ["run", str(recipe_file)]
+    if (variant.directory / "metrics.jsonl").exists():  # interrupted earlier: continue it
+        args.append("--resume")
+    start = time.perf_counter()
+    code = _distill(args, variant.directory / "log.txt", threads)
+    if code != 0:
+        raise UserError(f"variant {variant.name} failed (exit {code}); see "
+                        f"{variant.directory / 'log.txt'}; run the comparison again to "
+                        "resume it")
+    result = {"variant": variant.name, "wall_time_s": time.perf_counter() - start}
+    result_file.write_text(json.dumps(result))
+    return result
+
+
+def run_comparison(recipe_path: str, overrides: Sequence[str], jobs: int = 1) -> Path:
+    base, variants = plan(recipe_path, overrides)
+    out = Path(base.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if base.compare.teacher_recipe:
+        _train_teacher(base, out)
+    if variants[0].recipe.teacher.kind == "cached":
+        _fill_cache(variants[0].recipe)
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+    pending = [v for v in variants if not (v.directory / "result.json").is_file()]
+    print(f"variants: {len(variants)} ({len(variants) - len(pending)} already finished), "
+          f"{jobs} at a time")
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        results = dict(zip([v.name for v in variants],
+                           pool.map(lambda v: _run_variant(v, threads), variants)))
+    from distill.report import write_reports
+
+    write_reports(base, variants, results, out, recipe_path)
+    return out
