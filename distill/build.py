@@ -66,9 +66,22 @@ def build_models(recipe: Recipe, tokenizer, make_optimizer: Callable, cache_root
         teacher_cfg.name_or_path if teacher_cfg.kind in ("hf", "cached") else None)
     if teacher_cfg.kind == "cached":
         teacher.vocab_limit = rows
+    teacher_config = getattr(teacher, "config", None) or getattr(teacher.model, "config", None)
+    _check_positions(recipe.data.block_size, {"student": student.config,
+                                              "teacher": teacher_config})
     if student_cfg.peft is not None:
         student = students.apply_peft(student, student_cfg.peft)
     return Models(student=student, teacher=teacher, vocab_rows=rows, init_report=init_report)
+
+
+def _check_positions(block_size: int, configs: dict) -> None:
+    """Sequences longer than a model's positions would fail (or silently degrade) later."""
+    for name, config in configs.items():
+        limit = getattr(config, "max_position_embeddings", None)
+        if config is not None and limit is not None and block_size > limit:
+            raise UserError(f"data.block_size: got {block_size}, but the {name} handles at most "
+                            f"{limit} positions (max_position_embeddings); use a block_size "
+                            f"<= {limit}.")
 
 
 def write_init_report(report: dict | None, output_dir: Path) -> None:

@@ -16,6 +16,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from distill.errors import CheckpointError
+
 STATE_FILE = "trainer_state.json"
 _NAME = re.compile(r"^step-(\d+)$")
 
@@ -51,11 +53,17 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, state: dict[str, A
         shutil.rmtree(staging, ignore_errors=True)  # left over from a killed run
         staging.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging))
-    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(staging))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (staging / STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=2))
+            _fsync_tree(staging)
+    except (OSError, RuntimeError) as exc:
+        previous = (complete_checkpoints(output_dir) or ["none"])[-1]
+        raise CheckpointError(f"could not write the checkpoint of step {step} ({exc}); "
+                              f"the previous complete checkpoint is intact: {previous}") from None
     if accelerator.is_main_process:
-        (staging / STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=2))
-        _fsync_tree(staging)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(staging, final)
         for old in complete_checkpoints(output_dir)[:-keep]:
@@ -65,13 +73,17 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, state: dict[str, A
 
 
 def load_latest_checkpoint(accelerator, output_dir: Path) -> dict[str, Any] | None:
-    """Restore the newest complete checkpoint into the prepared objects; returns its
-    trainer state, or None when there is none."""
-    found = complete_checkpoints(output_dir)
-    if not found:
-        return None
-    path = found[-1]
-    accelerator.load_state(str(path))
-    state = json.loads((path / STATE_FILE).read_text())
-    state["path"] = str(path)
-    return state
+    """Restore the newest checkpoint that loads into the prepared objects; returns its
+    trainer state, or None when there is none. A corrupted newest checkpoint (a truncated
+    file, a missing piece) is reported and the previous complete one is used."""
+    for path in reversed(complete_checkpoints(output_dir)):
+        try:
+            state = json.loads((path / STATE_FILE).read_text())
+            accelerator.load_state(str(path))
+        except Exception as exc:  # torch, safetensors and pickle raise many kinds
+            print(f"distill: checkpoint {path} cannot be loaded ({type(exc).__name__}: "
+                  f"{str(exc)[:200]}); falling back to the previous one")
+            continue
+        state["path"] = str(path)
+        return state
+    return None

@@ -97,6 +97,8 @@ def _run(args: argparse.Namespace) -> int:
     from distill.train import run
 
     result = run(recipe, resume=args.resume)
+    if not result.main_process:
+        return 0
     start = "" if result.first_val_loss is None else f"{result.first_val_loss:.4f} -> "
     print(f"done: {result.steps} steps, student validation loss {start}"
           f"{result.final_val_loss:.4f}; outputs in {result.output_dir}")

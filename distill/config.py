@@ -226,6 +226,12 @@ class TrainConfig:
     mixed_precision: str = field(default="no", metadata=meta(
         "Autocast precision, as accelerate allows.", choices=("no", "fp16", "bf16")))
     cpu: bool = field(default=False, metadata=meta("Force the CPU even where a GPU exists."))
+    on_nonfinite: str = field(default="stop", metadata=meta(
+        "A NaN or infinite loss term (e.g. a teacher producing NaN): `stop` the run before "
+        "the optimizer step, or `skip` that step (logged with `skipped`) and go on; after "
+        "`max_skipped_steps` skips in a row the run stops anyway.", choices=("stop", "skip")))
+    max_skipped_steps: int = field(default=10, metadata=meta(
+        "With `on_nonfinite: skip`: consecutive skipped steps before the run stops.", min=1))
     efficient_moe: bool = field(default=True, metadata=meta(
         "Run Llama 4 MoE layers through the routed-tokens-only forward (same outputs and "
         "gradients as transformers', cost grows with experts per token, not experts)."))

@@ -13,3 +13,7 @@ class TrainingStopped(Exception):
     """The run stopped on purpose (a non-finite loss); the last good checkpoint is intact."""
 
     exit_code = 1
+
+
+class CheckpointError(TrainingStopped):
+    """Writing a checkpoint failed; the previous complete one is intact."""

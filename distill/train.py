@@ -28,6 +28,7 @@ from distill.corpus import load_corpus
 from distill.data import BlockOrder, cache_root, prepare_data, split_block
 from distill.errors import TrainingStopped, UserError
 from distill.evaluation import validation_loss
+from distill.lock import OutputDirLock
 from distill.metrics import MetricsLog
 from distill.model_card import write_model_card
 from distill.modules import LMWithObjective
@@ -40,6 +41,7 @@ class RunResult:
     first_val_loss: float | None
     final_val_loss: float
     steps: int
+    main_process: bool = True
 
 
 def _check_output_dir(output_dir: Path, resume: bool) -> None:
@@ -122,18 +124,36 @@ def _use_fused(mode: str, student_lm, teacher) -> bool:
     return mode == "on" or (mode == "auto" and possible)
 
 
+def _use_cpu(requested: bool) -> bool:
+    """accelerate goes distributed on CPU (gloo) only with cpu=True: under torchrun on a
+    machine without GPUs, ask for it, so `torchrun --nproc_per_node N -m distill run ...`
+    trains with DDP without any other setting."""
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return requested or (launched and not torch.cuda.is_available())
+
+
 def run(recipe: Recipe, resume: bool = False) -> RunResult:
+    """Train as ``distill run`` does. The first process holds the output directory's lock
+    (every process of a launch shares the directory)."""
+    output_dir = Path(recipe.output_dir)
+    _check_output_dir(output_dir, resume)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return _train(recipe, resume)
+    with OutputDirLock(output_dir):
+        return _train(recipe, resume)
+
+
+def _train(recipe: Recipe, resume: bool) -> RunResult:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
     train = recipe.train
     output_dir = Path(recipe.output_dir)
-    _check_output_dir(output_dir, resume)
     # Schedules count optimizer steps, so the scheduler must step once per optimizer step
     # whatever the number of processes (accelerate's default steps it num_processes times).
     accelerator = Accelerator(gradient_accumulation_steps=train.grad_accum_steps,
-                              mixed_precision=train.mixed_precision, cpu=train.cpu,
+                              mixed_precision=train.mixed_precision, cpu=_use_cpu(train.cpu),
                               step_scheduler_with_optimizer=False)
     main = accelerator.is_main_process
     if main:
@@ -204,6 +224,7 @@ def run(recipe: Recipe, resume: bool = False) -> RunResult:
     bar = tqdm(total=train.max_steps, initial=start_step, disable=not main, desc="distill")
     student.train()
     last_time, last_tokens = time.perf_counter(), tokens_seen
+    skipped_in_a_row = 0
     for step in range(start_step, train.max_steps):
         micro_batches = []
         for _ in range(train.grad_accum_steps):
@@ -218,12 +239,23 @@ def run(recipe: Recipe, resume: bool = False) -> RunResult:
         # Terms are per-process shares of the step mean: sum them across processes.
         terms = {k: float(accelerator.reduce(v.to(accelerator.device), "sum"))
                  for k, v in sums.items()}
-        for name, value in terms.items():
-            if not math.isfinite(value):
+        bad = next(((k, v) for k, v in terms.items() if not math.isfinite(v)), None)
+        if bad is not None or step_tokens == 0:
+            reason = "no valid target tokens" if bad is None else \
+                f"non-finite {bad[0]} ({bad[1]})"
+            skipped_in_a_row += 1
+            if bad is not None and (train.on_nonfinite == "stop"
+                                    or skipped_in_a_row > train.max_skipped_steps):
                 raise TrainingStopped(
-                    f"non-finite {name} ({value}) at step {step + 1}; the run stopped before "
-                    f"the optimizer step. Last good checkpoint: "
-                    f"{(complete_checkpoints(output_dir) or ['none'])[-1]}")
+                    f"{reason} at step {step + 1}; the run stopped before the optimizer step. "
+                    f"Last good checkpoint: {(complete_checkpoints(output_dir) or ['none'])[-1]}")
+            for _, module_optimizer, _ in trained:  # drop this step's gradients
+                module_optimizer.zero_grad(set_to_none=True)
+            log.write({"step": step + 1, "tokens": tokens_seen, "skipped": reason})
+            print(f"distill: step {step + 1} skipped: {reason}")
+            bar.update(1)
+            continue
+        skipped_in_a_row = 0
         lr = scheduler.get_last_lr()[0]
         for module, module_optimizer, module_scheduler in trained:
             if train.max_grad_norm > 0:
@@ -261,4 +293,4 @@ def run(recipe: Recipe, resume: bool = False) -> RunResult:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return RunResult(output_dir=output_dir, first_val_loss=first_val_loss,
-                     final_val_loss=final_val_loss, steps=train.max_steps)
+                     final_val_loss=final_val_loss, steps=train.max_steps, main_process=main)

@@ -1,0 +1,61 @@
+"""DDP on CPU: `torchrun --nproc_per_node 2 -m distill run ...` with no other setting."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from distill.checkpoint import complete_checkpoints
+from distill.metrics import read_metrics
+from tests.conftest import QUICKSTART, REPO, run_cli, tiny_overrides
+
+
+def _torchrun(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "-m", "distill", *args], capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=600)
+
+
+def _evals(out: Path) -> list[float]:
+    return [r["val_loss"] for r in read_metrics(out / "metrics.jsonl") if "val_loss" in r]
+
+
+def test_two_processes_match_one_and_resume(tmp_path: Path, cache_dir: Path):
+    common = {"train.max_steps": 6, "train.checkpoint_every": 3, "train.eval_every": 3}
+    ddp = tmp_path / "ddp"
+    result = _torchrun("run", QUICKSTART, *tiny_overrides(ddp, cache_dir, **common,
+                                                         **{"train.micro_batch_size": 2}))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("done:") == 1  # one process reports
+    rows = read_metrics(ddp / "metrics.jsonl")
+    train_rows = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in train_rows] == list(range(1, 7))  # one log, each step once
+    assert train_rows[0]["tokens"] == 2 * 2 * 32  # global token count: 2 processes x 2 x 32
+    assert [p.name for p in complete_checkpoints(ddp)] == ["step-00000003", "step-00000006"]
+    assert {p.name for p in (ddp / "checkpoints" / "step-00000006").glob("random_states_*")} == \
+        {"random_states_0.pkl", "random_states_1.pkl"}
+    assert (ddp / "student" / "config.json").is_file()
+
+    # the same global batch in one process gives the same training
+    single = tmp_path / "single"
+    alone = run_cli("run", QUICKSTART, *tiny_overrides(single, cache_dir, **common,
+                                                       **{"train.micro_batch_size": 4}))
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert _evals(ddp) == pytest.approx(_evals(single), rel=1e-4)
+
+    # resume under torchrun from the step-3 checkpoint ends where the uninterrupted run did
+    resumed = tmp_path / "resumed"
+    shutil.copytree(ddp, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-00000006")
+    shutil.rmtree(resumed / "student")
+    again = _torchrun("run", QUICKSTART, *tiny_overrides(resumed, cache_dir, **common,
+                                                        **{"train.micro_batch_size": 2}),
+                      "--resume")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _evals(resumed)[-1] == pytest.approx(_evals(ddp)[-1], rel=1e-6)
