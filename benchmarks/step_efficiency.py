@@ -1,0 +1,143 @@
+"""How close the distillation step is to its floor, for the same models in one run.
+
+    (a) floor:        a frozen teacher's inference forward + the student's hard-label
+                      training step (transformers' own loss), AdamW step included
+    (b) distillation: the toolkit's step: the same teacher forward (hidden states + head),
+                      the student's LMWithObjective (fused CE + forward KL), AdamW step
+    (c) overlap:      (b) with the teacher's forward for the next micro-batch running in a
+                      thread while the student trains on this one
+
+Goal: (b) <= 1.15 x (a). Each path runs in its own process (its peak resident memory is
+its own: ru_maxrss above the memory once models and inputs exist, in a second run with
+glibc's mmap threshold pinned), timed as the median of --steps steps after --warmup.
+
+    python benchmarks/step_efficiency.py                  # tiny presets, about a minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def _rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def measure(path: str, args) -> dict:
+    import torch
+
+    import losses
+    import students
+    from distill.modules import LMWithObjective
+
+    torch.manual_seed(0)
+    vocab = args.vocab
+    teacher = students.build_model(students.model_config(args.teacher, {}, vocab)).eval()
+    teacher.requires_grad_(False)
+    student_lm = students.build_model(students.model_config(args.student, {}, vocab))
+    objective = losses.Objective("forward_kl", losses.Schedule("constant", 0.5, 0.5),
+                                 losses.Schedule("constant", 1.0, 1.0), chunk_size=args.chunk_size)
+    student = LMWithObjective(student_lm, objective, fused=True, router_aux=False,
+                              vocab_rows=vocab)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4)
+    batches = [torch.randint(0, vocab, (args.batch, args.seq + 1)) for _ in range(4)]
+    tokens = args.batch * args.seq
+
+    def teacher_outputs(ids):
+        with torch.inference_mode():
+            if path == "floor":
+                return teacher(input_ids=ids).logits
+            states = teacher.model(input_ids=ids).last_hidden_state
+            return states, teacher.lm_head.weight
+
+    def train_step(ids, labels, teacher_out):
+        if path == "floor":  # the student alone on the hard labels
+            logits = student_lm(input_ids=ids).logits
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, vocab).float(),
+                                                     labels.reshape(-1))
+        else:
+            loss = student(ids, labels, teacher_out, 0, tokens)[0].total
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    pool = ThreadPoolExecutor(max_workers=1) if path == "overlap" else None
+    pending = None
+    before = _rss_kib()
+    times = []
+    for i in range(args.warmup + args.steps):
+        block = batches[i % len(batches)]
+        ids, labels = block[:, :-1], block[:, 1:]
+        start = time.perf_counter()
+        if pool is None:
+            teacher_out = teacher_outputs(ids)
+        else:  # this step's teacher output was computed during the previous step
+            teacher_out = pending.result() if pending else teacher_outputs(ids)
+            following = batches[(i + 1) % len(batches)][:, :-1]
+            pending = pool.submit(teacher_outputs, following)
+        train_step(ids, labels, teacher_out)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - start)
+    peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    return {"path": path, "seconds": statistics.median(times), "peak_mib": peak,
+            "tokens_per_s": tokens / statistics.median(times)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", default="behemoth-tiny")
+    parser.add_argument("--student", default="scout-tiny")
+    parser.add_argument("--vocab", type=int, default=4096)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--chunk-size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--child", choices=["floor", "distill", "overlap"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(args.child, args)))
+        return
+    results = {}
+    for path in ("floor", "distill", "overlap"):
+        argv = [sys.executable, __file__, "--child", path] + [
+            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "child"]
+
+        def child(env: dict) -> dict:
+            out = subprocess.run(argv, check=True, capture_output=True, text=True, env=env).stdout
+            return json.loads(out.strip().splitlines()[-1])
+
+        # Time with the normal allocator; memory with glibc's mmap threshold pinned, so that
+        # freed tensors leave the resident set at once (that setting slows big allocations).
+        results[path] = child(dict(os.environ))
+        results[path]["peak_mib"] = child({**os.environ, "MALLOC_MMAP_THRESHOLD_": "1048576"})[
+            "peak_mib"]
+    print(f"teacher {args.teacher} (frozen), student {args.student}, vocab {args.vocab}, "
+          f"batch {args.batch} x {args.seq}, median of {args.steps} steps, "
+          f"{os.cpu_count()} CPUs")
+    print(f"{'path':<9} {'ms/step':>9} {'tokens/s':>9} {'peak MiB':>9}")
+    for row in results.values():
+        print(f"{row['path']:<9} {1000 * row['seconds']:>9.1f} {row['tokens_per_s']:>9.0f} "
+              f"{row['peak_mib']:>9.1f}")
+    floor = results["floor"]
+    for path in ("distill", "overlap"):
+        print(f"{path} / floor: time {results[path]['seconds'] / floor['seconds']:.3f} "
+              f"(goal <= 1.150), peak memory {results[path]['peak_mib'] / floor['peak_mib']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
