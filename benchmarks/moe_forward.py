@@ -31,7 +31,11 @@ import torch
 from transformers import Llama4ForCausalLM, Llama4TextConfig
 from transformers.models.llama4.modeling_llama4 import Llama4TextMoe
 
-from students.moe import EfficientLlama4TextMoe, efficient_moe_forward, enable_efficient_moe
+from students.moe import (
+    EfficientLlama4TextMoe,
+    efficient_moe_forward,
+    enable_efficient_moe,
+)
 from students.presets import PRESETS
 
 GOAL = 3.0

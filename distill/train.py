@@ -22,7 +22,11 @@ import losses
 import students
 import teachers
 from distill.build import build_models, write_init_report
-from distill.checkpoint import complete_checkpoints, load_latest_checkpoint, save_checkpoint
+from distill.checkpoint import (
+    complete_checkpoints,
+    load_latest_checkpoint,
+    save_checkpoint,
+)
 from distill.config import Recipe
 from distill.corpus import load_corpus
 from distill.data import BlockOrder, cache_root, prepare_data, split_block

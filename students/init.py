@@ -75,7 +75,7 @@ def init_from_teacher(student: nn.Module, teacher: nn.Module, layers: list[int] 
 
 def apply_peft(model: nn.Module, peft_config: dict[str, Any]) -> nn.Module:
     """Wrap ``model`` with the adapters a peft config mapping describes."""
-    from peft import get_peft_config, get_peft_model
+    from peft import get_peft_model
 
     return get_peft_model(model, make_peft_config(peft_config))
 

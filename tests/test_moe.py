@@ -16,7 +16,11 @@ from transformers import Llama4ForCausalLM, Llama4TextConfig
 from transformers.models.llama4.modeling_llama4 import Llama4TextMoe
 
 import students.moe as moe_module
-from students.moe import EfficientLlama4TextMoe, efficient_moe_forward, enable_efficient_moe
+from students.moe import (
+    EfficientLlama4TextMoe,
+    efficient_moe_forward,
+    enable_efficient_moe,
+)
 
 
 def _moe(num_experts: int, top_k: int, hidden: int = 32, expert_dim: int = 48,
