@@ -27,13 +27,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import rss_kib  # noqa: E402
 
 
-def _rss_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
 def measure(path: str, tokens: int, vocab: int, hidden: int, chunk_size: int, kind: str,
@@ -69,7 +67,7 @@ def measure(path: str, tokens: int, vocab: int, hidden: int, chunk_size: int, ki
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-    before = _rss_kib()
+    before = rss_kib()
     start = time.perf_counter()
     value = step()
     first = time.perf_counter() - start

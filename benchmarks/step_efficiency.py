@@ -28,13 +28,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import rss_kib  # noqa: E402
 
 
-def _rss_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 def measure(path: str, args) -> dict:
@@ -77,7 +75,7 @@ def measure(path: str, args) -> dict:
 
     pool = ThreadPoolExecutor(max_workers=1) if path == "overlap" else None
     pending = None
-    before = _rss_kib()
+    before = rss_kib()
     times = []
     for i in range(args.warmup + args.steps):
         block = batches[i % len(batches)]
