@@ -29,23 +29,26 @@ class _ChunkedLinearLoss(torch.autograd.Function):
                 chunk_fn: ChunkFn, chunk_size: int):
         grad_hidden = torch.zeros_like(hidden, dtype=torch.float32)
         grad_weight = torch.zeros_like(head_weight, dtype=torch.float32)
-        weight_leaf = head_weight.detach().requires_grad_(head_weight.requires_grad)
+        weight = head_weight.detach()
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         stats = None
         for start in range(0, hidden.shape[0], chunk_size):
             rows = slice(start, start + chunk_size)
+            h = hidden[rows].detach()
+            # Differentiate with respect to the chunk's logits only, then apply the two
+            # matmuls by hand: the head's gradient accumulates inside its GEMM (addmm_),
+            # instead of one extra (vocab x hidden) pass per chunk.
+            logits = (h @ weight.to(h.dtype).t()).requires_grad_()  # (n, V)
             with torch.enable_grad():
-                h = hidden[rows].detach().requires_grad_(hidden.requires_grad)
-                logits = h @ weight_leaf.to(h.dtype).t()  # (n, V)
                 loss, chunk_stats = chunk_fn(logits, teacher_rows(teacher, rows), labels[rows])
-                wants = [t for t in (h, weight_leaf) if t.requires_grad]
-                grads = torch.autograd.grad(loss, wants) if wants else ()
-            grads = list(grads)
-            if h.requires_grad:
-                grad_hidden[rows] = grads.pop(0)
-            if weight_leaf.requires_grad:
-                grad_weight += grads.pop(0)
+                (grad_logits,) = torch.autograd.grad(loss, [logits])
             total += loss.detach().float()
+            del logits, loss  # free the chunk's logits before its gradient's two matmuls
+            grad_logits = grad_logits.float()                       # (n, V)
+            if hidden.requires_grad:
+                grad_hidden[rows] = grad_logits @ weight.float()    # (n, H)
+            if head_weight.requires_grad:
+                grad_weight.addmm_(grad_logits.t(), h.float())      # (V, H)
             stats = chunk_stats.detach() if stats is None else stats + chunk_stats.detach()
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.dtypes = (hidden.dtype, head_weight.dtype)

@@ -81,13 +81,17 @@ def token_terms(student_logits: Tensor, teacher: Tensor | TopK | None, labels: T
     """student_logits (n, V); teacher (n, V) logits or TopK or None; labels (n,)."""
     valid = labels != spec.ignore_index
     zeros = torch.zeros(labels.shape, dtype=torch.float32, device=labels.device)
+    log_q = None if teacher is None else \
+        F.log_softmax(_tempered(student_logits, spec.temperature), dim=-1)
     ce = None
-    if spec.need_ce:
+    if spec.need_ce and log_q is not None and spec.temperature == 1.0:
+        # at T = 1 the soft term's log-softmax is the hard term's: compute it once
+        ce = F.nll_loss(log_q, labels, ignore_index=spec.ignore_index, reduction="none")
+    elif spec.need_ce:
         ce = F.cross_entropy(student_logits.float(), labels, ignore_index=spec.ignore_index,
                              reduction="none")
     if teacher is None:
         return TokenTerms(valid=valid, ce=ce, kd=None, teacher_gold=None)
-    log_q = F.log_softmax(_tempered(student_logits, spec.temperature), dim=-1)
     safe_labels = labels.clamp(min=0).unsqueeze(-1)
     gold = None
     if isinstance(teacher, TopK):
