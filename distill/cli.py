@@ -109,7 +109,8 @@ def _inspect(args: argparse.Namespace) -> int:
     import json
     import os
 
-    from distill.plan import describe, format_report
+    from distill.plan import describe
+    from distill.plan_report import format_report
 
     report = describe(args.model, gpu_memory_gib=args.gpu_memory_gib, context=args.context,
                       batch=args.batch, chunk_size=args.chunk_size)

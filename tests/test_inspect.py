@@ -13,7 +13,8 @@ from transformers import Llama4ForCausalLM, MixtralConfig, MixtralForCausalLM
 
 from distill import cli
 from distill.errors import UserError
-from distill.plan import describe, format_report, llama4_model, load_config
+from distill.plan import describe, llama4_model, load_config
+from distill.plan_report import format_report
 from students import PRESETS, model_config
 from tests.conftest import run_cli
 
