@@ -36,7 +36,7 @@ def validation_loss(lm, blocks: torch.Tensor, batch_size: int, accelerator,
                                                        if routed else {}))
         total += token_cross_entropy(out.logits, batch["labels"]).double().sum()
         count += (batch["labels"] != -100).sum()
-        if routed and getattr(out, "router_logits", None):  # absent before transformers 5.2x
+        if routed and getattr(out, "router_logits", None):  # absent in some transformers 5.x
             k = lm.config.num_experts_per_tok
             layer_counts = torch.stack([
                 torch.bincount(r.topk(k, dim=-1).indices.reshape(-1),
