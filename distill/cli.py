@@ -81,6 +81,10 @@ def _eval(args: argparse.Namespace) -> int:
 
     from distill.assess import evaluate_target
 
+    if args.batches < 1:
+        raise UserError(f"--batches: got {args.batches}; must be >= 1.")
+    if args.kl_tokens < 0:
+        raise UserError(f"--kl-tokens: got {args.kl_tokens}; must be >= 0.")
     result = evaluate_target(args.target, args.teacher, args.data, args.batches, args.kl_tokens)
     if args.json:
         print(json.dumps(result, indent=2))

@@ -160,3 +160,5 @@ def test_eval_command_on_a_run_and_on_a_model(finished_run: Path, tmp_path: Path
     assert "kl_to_teacher" not in json.loads(plain.stdout)
     missing = run_cli("eval", str(tmp_path / "nothing"))
     assert missing.returncode == 2 and "neither a run directory" in missing.stderr
+    zero = run_cli("eval", str(finished_run), "--batches", "0")
+    assert zero.returncode == 2 and "--batches: got 0" in zero.stderr
