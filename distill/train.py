@@ -7,11 +7,13 @@ inside ``accelerator.accumulate``. The same code runs on one CPU and on many GPU
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import shutil
 import tempfile
 import time
+import traceback
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,10 +143,27 @@ def run(recipe: Recipe, resume: bool = False) -> RunResult:
     (every process of a launch shares the directory)."""
     output_dir = Path(recipe.output_dir)
     _check_output_dir(output_dir, resume)
-    if int(os.environ.get("RANK", "0")) != 0:
-        return _train(recipe, resume)
-    with OutputDirLock(output_dir):
-        return _train(recipe, resume)
+    try:
+        if int(os.environ.get("RANK", "0")) != 0:
+            return _train(recipe, resume)
+        with OutputDirLock(output_dir):
+            return _train(recipe, resume)
+    except BaseException as error:
+        # The finished frames of the traceback still hold the DDP-wrapped models: let them go.
+        traceback.clear_frames(error.__traceback__)
+        raise
+    finally:
+        _release_process_group()
+
+
+def _release_process_group() -> None:
+    """Free the training objects, then destroy the process group, while the interpreter is
+    whole. DDP's reducer holds the gloo or NCCL group and its worker threads; left to
+    interpreter shutdown, a process could abort ("terminate called without an active
+    exception") after its training had finished, failing the whole launch."""
+    gc.collect()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def _train(recipe: Recipe, resume: bool) -> RunResult:
@@ -295,6 +314,5 @@ def _train(recipe: Recipe, resume: bool) -> RunResult:
         final = {"steps": train.max_steps, "tokens": tokens_seen, **last_eval}
         _save_student(accelerator.unwrap_model(student).lm, tokenizer, output_dir, recipe, final)
     accelerator.wait_for_everyone()
-    accelerator.end_training()
     return RunResult(output_dir=output_dir, first_val_loss=first_val_loss,
                      final_val_loss=final_val_loss, steps=train.max_steps, main_process=main)
