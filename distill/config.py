@@ -152,6 +152,12 @@ class TeacherConfig:
         "For `cached`: where caches live; null means `<data cache>/teacher-outputs`."))
     cache_batch_size: int = field(default=16, metadata=meta(
         "For `cached`: sequences per teacher forward while filling the cache.", min=1))
+    prefetch: str = field(default="auto", metadata=meta(
+        "For `hf` and `cached`: compute the frozen teacher's outputs for the next micro-batch "
+        "in a worker thread (on its own CUDA stream) while the student trains on this one. "
+        "`auto` turns it on when training on CUDA and off on CPU, where both sides share "
+        "the same cores and it measured slower (docs/distributed.md).",
+        choices=("auto", "on", "off")))
 
 
 @dataclass

@@ -73,6 +73,9 @@ def _check_models(recipe: Recipe) -> None:
     if teacher.kind in ("hf", "cached") and not teacher.name_or_path:
         raise UserError(f"teacher.name_or_path: kind {teacher.kind!r} needs a checkpoint "
                         "directory or hub name.")
+    if teacher.prefetch == "on" and teacher.kind not in ("hf", "cached"):
+        raise UserError(f"teacher.prefetch: 'on' needs a frozen teacher (kind 'hf' or "
+                        f"'cached'); kind is {teacher.kind!r}. Use 'auto' or 'off'.")
     if student.init == "pretrained" and not student.name_or_path:
         raise UserError("student.name_or_path: init 'pretrained' needs a checkpoint directory "
                         "or hub name.")

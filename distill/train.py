@@ -39,6 +39,7 @@ from distill.metrics import MetricsLog
 from distill.model_card import write_model_card
 from distill.modules import LMWithObjective
 from distill.recipe import dump_recipe
+from teachers.prefetch import TeacherPrefetch
 
 
 @dataclass
@@ -82,10 +83,16 @@ def _optimizer_and_schedule(model, lr: float, train):
 
 
 def forward_backward(accelerator, student, teacher, teacher_module, micro_batches: list[dict],
-                     step: int, step_tokens: int, fused: bool) -> tuple[dict, dict]:
+                     step: int, step_tokens: int, fused: bool,
+                     prefetch: TeacherPrefetch | None = None,
+                     following: dict | None = None) -> tuple[dict, dict]:
     """Forward and backward over one optimizer step's micro-batches; gradients accumulate
     in the modules. ``teacher_module`` is the training teacher's module (None for a frozen
-    teacher). Returns this process's share of each logged term, and the step's scalars."""
+    teacher). A frozen teacher's outputs come through ``prefetch``, which starts each next
+    micro-batch's (``following``: the next step's first) before the student's pass on this
+    one. Returns this process's share of each logged term, and the step's scalars."""
+    if prefetch is None:
+        prefetch = TeacherPrefetch(teacher, fused, enabled=False)
     # accelerate's backward divides by gradient_accumulation_steps and DDP averages over
     # processes; the loss is already a sum over the step's tokens divided by the step's
     # token count, so undo both to get exactly that gradient.
@@ -94,12 +101,14 @@ def forward_backward(accelerator, student, teacher, teacher_module, micro_batche
     mutual = teacher_module is not None and teacher.mutual
     sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
     scalars: dict[str, float] = {}
-    for mb in micro_batches:
+    upcoming = [*micro_batches[1:], following]
+    for mb, next_mb in zip(micro_batches, upcoming):
         ids, labels = mb["input_ids"], mb["labels"]
         with accelerator.accumulate(*modules), accelerator.autocast():
             loss = 0.0
             if teacher_module is None:
-                teacher_out = teacher.outputs(mb, hidden=fused)
+                teacher_out = prefetch.get(mb)
+                prefetch.submit(next_mb)
             else:  # the teacher learns the hard targets (and the student) in the same pass
                 peer = student(ids, None, None, step, step_tokens, outputs_only=True)[1] \
                     if mutual else None
@@ -116,6 +125,13 @@ def forward_backward(accelerator, student, teacher, teacher_module, micro_batche
             sums[name] = sums[name] + value
         scalars = out.scalars
     return sums, scalars
+
+
+def _use_prefetch(mode: str, teacher, device: torch.device) -> bool:
+    """Run a frozen teacher one micro-batch ahead: on CUDA by default, never on a teacher
+    that trains (the recipe check refuses 'on' for those)."""
+    frozen = isinstance(teacher, (teachers.HFTeacher, teachers.CachedTeacher))
+    return frozen and (mode == "on" or (mode == "auto" and device.type == "cuda"))
 
 
 def _use_fused(mode: str, student_lm, teacher) -> bool:
@@ -210,6 +226,9 @@ def _train(recipe: Recipe, resume: bool) -> RunResult:
     teacher.prepare(accelerator, data.train)
     if main:
         write_init_report(models.init_report, output_dir)
+    prefetch = TeacherPrefetch(teacher, fused, _use_prefetch(recipe.teacher.prefetch, teacher,
+                                                             accelerator.device),
+                               context=accelerator.autocast, device=accelerator.device)
     order = BlockOrder(len(data.train), train.micro_batch_size, recipe.seed,
                        accelerator.process_index, accelerator.num_processes)
 
@@ -248,17 +267,27 @@ def _train(recipe: Recipe, resume: bool) -> RunResult:
     student.train()
     last_time, last_tokens = time.perf_counter(), tokens_seen
     skipped_in_a_row = 0
-    for step in range(start_step, train.max_steps):
+    def draw_step() -> list[dict]:
         micro_batches = []
         for _ in range(train.grad_accum_steps):
             indices = order.next_indices()
             micro_batches.append({**split_block(data.train[indices].to(accelerator.device)),
                                   "block_indices": indices})
+        return micro_batches
+
+    upcoming: list[dict] | None = None
+    for step in range(start_step, train.max_steps):
+        micro_batches = upcoming if upcoming is not None else draw_step()
+        order_state = order.state_dict()  # the data position after this step: checkpointed
+        # With prefetch the next step's batches are drawn now, so that the teacher can start
+        # on the first of them during this step's last student pass.
+        upcoming = draw_step() if prefetch.enabled and step + 1 < train.max_steps else None
         local_tokens = sum(int((mb["labels"] != -100).sum()) for mb in micro_batches)
         step_tokens = int(accelerator.reduce(
             torch.tensor(local_tokens, device=accelerator.device), "sum"))
         sums, scalars = forward_backward(accelerator, student, teacher, teacher_module,
-                                         micro_batches, step, step_tokens, fused)
+                                         micro_batches, step, step_tokens, fused, prefetch,
+                                         upcoming[0] if upcoming else None)
         # Terms are per-process shares of the step mean: sum them across processes.
         terms = {k: float(accelerator.reduce(v.to(accelerator.device), "sum"))
                  for k, v in sums.items()}
@@ -306,9 +335,10 @@ def _train(recipe: Recipe, resume: bool) -> RunResult:
             evaluate(done)
         if train.checkpoint_every and done % train.checkpoint_every == 0:
             save_checkpoint(accelerator, output_dir, done,
-                            {"tokens": tokens_seen, "data_order": order.state_dict(),
+                            {"tokens": tokens_seen, "data_order": order_state,
                              "first_val_loss": first_val_loss}, train.keep_checkpoints)
     bar.close()
+    prefetch.close()
     final_val_loss = evaluate(train.max_steps)
     if main:
         final = {"steps": train.max_steps, "tokens": tokens_seen, **last_eval}

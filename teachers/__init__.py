@@ -13,9 +13,10 @@ from teachers.base import NoTeacher, Teacher, TeacherOutput
 from teachers.cached import CachedTeacher
 from teachers.codistill import CodistillTeacher
 from teachers.hf import HFTeacher
+from teachers.prefetch import TeacherPrefetch
 
-__all__ = ["TEACHERS", "CachedTeacher", "CodistillTeacher", "HFTeacher", "NoTeacher",
-           "Teacher", "TeacherOutput", "build"]
+__all__ = ["TEACHERS", "CachedTeacher", "CodistillTeacher", "HFTeacher", "NoTeacher", "Teacher",
+           "TeacherOutput", "TeacherPrefetch", "build"]
 
 
 def _codistill(cfg, *, model_config, make_optimizer, efficient_moe, cache_root) -> Teacher:
