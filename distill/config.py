@@ -152,6 +152,12 @@ class TeacherConfig:
         "For `cached`: where caches live; null means `<data cache>/teacher-outputs`."))
     cache_batch_size: int = field(default=16, metadata=meta(
         "For `cached`: sequences per teacher forward while filling the cache.", min=1))
+    shard: bool = field(default=False, metadata=meta(
+        "For `hf`: shard the frozen teacher's decoder layers over the launch's processes with "
+        "FSDP2 (`fully_shard`), each process holding 1/N of their weights and gathering one "
+        "layer at a time in the forward; embeddings, final norm and output head stay whole "
+        "on every process. A no-op in a single process. Not with `device_map`, and it turns "
+        "`prefetch` off (the gathers are collectives)."))
     prefetch: str = field(default="auto", metadata=meta(
         "For `hf` and `cached`: compute the frozen teacher's outputs for the next micro-batch "
         "in a worker thread (on its own CUDA stream) while the student trains on this one. "

@@ -73,6 +73,16 @@ def _check_models(recipe: Recipe) -> None:
     if teacher.kind in ("hf", "cached") and not teacher.name_or_path:
         raise UserError(f"teacher.name_or_path: kind {teacher.kind!r} needs a checkpoint "
                         "directory or hub name.")
+    if teacher.shard and teacher.kind != "hf":
+        raise UserError(f"teacher.shard: sharding needs kind 'hf' (a frozen teacher run live); "
+                        f"kind is {teacher.kind!r}.")
+    if teacher.shard and teacher.device_map is not None:
+        raise UserError("teacher.shard: choose one of shard (FSDP2 over the processes) and "
+                        f"device_map ({teacher.device_map!r}), not both.")
+    if teacher.shard and teacher.prefetch == "on":
+        raise UserError("teacher.prefetch: 'on' cannot run with teacher.shard (the sharded "
+                        "teacher's gathers are collectives, which a second thread would "
+                        "interleave); use 'auto' or 'off'.")
     if teacher.prefetch == "on" and teacher.kind not in ("hf", "cached"):
         raise UserError(f"teacher.prefetch: 'on' needs a frozen teacher (kind 'hf' or "
                         f"'cached'); kind is {teacher.kind!r}. Use 'auto' or 'off'.")

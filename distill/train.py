@@ -131,6 +131,8 @@ def _use_prefetch(mode: str, teacher, device: torch.device) -> bool:
     """Run a frozen teacher one micro-batch ahead: on CUDA by default, never on a teacher
     that trains (the recipe check refuses 'on' for those)."""
     frozen = isinstance(teacher, (teachers.HFTeacher, teachers.CachedTeacher))
+    if getattr(teacher, "shard_report", None):  # its forward runs collectives: main thread only
+        return False
     return frozen and (mode == "on" or (mode == "auto" and device.type == "cuda"))
 
 
@@ -226,6 +228,8 @@ def _train(recipe: Recipe, resume: bool) -> RunResult:
     teacher.prepare(accelerator, data.train)
     if main:
         write_init_report(models.init_report, output_dir)
+        if getattr(teacher, "shard_report", None):
+            print(f"distill: {teacher.shard_report}")
     prefetch = TeacherPrefetch(teacher, fused, _use_prefetch(recipe.teacher.prefetch, teacher,
                                                              accelerator.device),
                                context=accelerator.autocast, device=accelerator.device)

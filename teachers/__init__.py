@@ -28,7 +28,7 @@ def _codistill(cfg, *, model_config, make_optimizer, efficient_moe, cache_root) 
 
 
 def _hf(cfg, *, model_config, make_optimizer, efficient_moe, cache_root) -> Teacher:
-    return HFTeacher(cfg.name_or_path, cfg.dtype, cfg.device_map, efficient_moe)
+    return HFTeacher(cfg.name_or_path, cfg.dtype, cfg.device_map, efficient_moe, cfg.shard)
 
 
 def _cached(cfg, *, model_config, make_optimizer, efficient_moe, cache_root) -> Teacher:

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
+import students
 from distill.checkpoint import complete_checkpoints
+from distill.errors import UserError
 from distill.metrics import read_metrics
+from distill.recipe import load_recipe
 from tests.conftest import QUICKSTART, REPO, run_cli, tiny_overrides
 
 
@@ -59,3 +62,37 @@ def test_two_processes_match_one_and_resume(tmp_path: Path, cache_dir: Path):
                       "--resume")
     assert again.returncode == 0, again.stderr[-3000:]
     assert _evals(resumed)[-1] == pytest.approx(_evals(ddp)[-1], rel=1e-6)
+
+
+def test_a_sharded_frozen_teacher_trains_the_student_as_a_whole_one_does(
+        finished_run: Path, tmp_path: Path, cache_dir: Path):
+    teacher_dir = str(finished_run / "student")
+    common = {"teacher.kind": "hf", "teacher.name_or_path": teacher_dir,
+              "data.tokenizer": teacher_dir, "train.max_steps": 4, "train.eval_every": 2,
+              "train.checkpoint_every": 0, "train.micro_batch_size": 2}
+    whole = _torchrun("run", QUICKSTART, *tiny_overrides(tmp_path / "whole", cache_dir, **common))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    sharded = _torchrun("run", QUICKSTART, *tiny_overrides(tmp_path / "sharded", cache_dir,
+                                                           **common, **{"teacher.shard": True}))
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+
+    # each process holds half of every decoder layer, plus the unsharded rest
+    teacher = students.load_pretrained(teacher_dir)
+    total = sum(p.numel() for p in teacher.parameters())
+    in_layers = sum(p.numel() for p in teacher.model.layers.parameters())
+    line = f"{total - in_layers // 2:,} of {total:,} parameters held by each process"
+    assert f"teacher sharded over 2 processes (FSDP2): {line}" in sharded.stdout
+    assert _evals(tmp_path / "sharded") == pytest.approx(_evals(tmp_path / "whole"), rel=1e-5)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"teacher.kind": "cached", "teacher.name_or_path": "x", "teacher.shard": True},
+     r"teacher\.shard: sharding needs kind 'hf'"),
+    ({"teacher.kind": "hf", "teacher.name_or_path": "x", "teacher.shard": True,
+      "teacher.device_map": "auto"}, r"teacher\.shard: choose one of shard .* and device_map"),
+    ({"teacher.kind": "hf", "teacher.name_or_path": "x", "teacher.shard": True,
+      "teacher.prefetch": "on"}, r"teacher\.prefetch: 'on' cannot run with teacher\.shard"),
+])
+def test_sharding_settings_that_cannot_work_are_refused(settings, message, tmp_path, cache_dir):
+    with pytest.raises(UserError, match=message):
+        load_recipe(QUICKSTART, tiny_overrides(tmp_path, cache_dir, **settings))
