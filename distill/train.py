@@ -233,6 +233,9 @@ def _train(recipe: Recipe, resume: bool) -> RunResult:
     prefetch = TeacherPrefetch(teacher, fused, _use_prefetch(recipe.teacher.prefetch, teacher,
                                                              accelerator.device),
                                context=accelerator.autocast, device=accelerator.device)
+    if main and prefetch.enabled:
+        where = "its own CUDA stream" if accelerator.device.type == "cuda" else "a worker thread"
+        print(f"distill: teacher prefetch on: the teacher runs one micro-batch ahead on {where}")
     order = BlockOrder(len(data.train), train.micro_batch_size, recipe.seed,
                        accelerator.process_index, accelerator.num_processes)
 
