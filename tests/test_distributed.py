@@ -96,3 +96,24 @@ def test_a_sharded_frozen_teacher_trains_the_student_as_a_whole_one_does(
 def test_sharding_settings_that_cannot_work_are_refused(settings, message, tmp_path, cache_dir):
     with pytest.raises(UserError, match=message):
         load_recipe(QUICKSTART, tiny_overrides(tmp_path, cache_dir, **settings))
+
+
+def test_accelerate_launch_runs_ddp_on_cpu(tmp_path: Path, cache_dir: Path):
+    """accelerate's own launcher (its multi-GPU path, torchrun underneath) on a CPU machine:
+    the run goes distributed over gloo with no other setting."""
+    out = tmp_path / "accelerate"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+         "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+         "-m", "distill", "run", str(QUICKSTART),
+         *tiny_overrides(out, cache_dir, **{"train.max_steps": 2, "train.eval_every": 0,
+                                            "train.checkpoint_every": 2,
+                                            "train.micro_batch_size": 2})],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("done:") == 1
+    train_rows = [r for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+    assert train_rows[0]["tokens"] == 2 * 2 * 32  # two processes' share of the global batch
+    assert {p.name for p in (out / "checkpoints" / "step-00000002").glob("random_states_*")} == \
+        {"random_states_0.pkl", "random_states_1.pkl"}
