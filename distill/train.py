@@ -128,12 +128,9 @@ def forward_backward(accelerator, student, teacher, teacher_module, micro_batche
 
 
 def _use_prefetch(mode: str, teacher, device: torch.device) -> bool:
-    """Run a frozen teacher one micro-batch ahead: on CUDA by default, never on a teacher
-    that trains (the recipe check refuses 'on' for those)."""
-    frozen = isinstance(teacher, (teachers.HFTeacher, teachers.CachedTeacher))
-    if getattr(teacher, "shard_report", None):  # its forward runs collectives: main thread only
-        return False
-    return frozen and (mode == "on" or (mode == "auto" and device.type == "cuda"))
+    """Run the teacher one micro-batch ahead where it can (see ``Teacher.runs_ahead``): on
+    CUDA by default; the recipe check refuses 'on' for teachers that cannot."""
+    return teacher.runs_ahead and (mode == "on" or (mode == "auto" and device.type == "cuda"))
 
 
 def _use_fused(mode: str, student_lm, teacher) -> bool:
@@ -228,8 +225,6 @@ def _train(recipe: Recipe, resume: bool) -> RunResult:
     teacher.prepare(accelerator, data.train)
     if main:
         write_init_report(models.init_report, output_dir)
-        if getattr(teacher, "shard_report", None):
-            print(f"distill: {teacher.shard_report}")
     prefetch = TeacherPrefetch(teacher, fused, _use_prefetch(recipe.teacher.prefetch, teacher,
                                                              accelerator.device),
                                context=accelerator.autocast, device=accelerator.device)

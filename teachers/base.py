@@ -21,9 +21,13 @@ class Teacher(Protocol):
     that trains (codistillation) also carries its ``optimizer`` and ``scheduler``; the loop
     then runs its ``model`` with a hard-target objective beside the student and steps it.
     ``vocab_size`` is the number of rows of its output head (None for no teacher).
+    ``runs_ahead`` says whether ``outputs`` may be called for the next micro-batch from a
+    worker thread while the student trains (``teacher.prefetch``): frozen, and its forward
+    runs no collectives.
     """
 
     trains: bool
+    runs_ahead: bool
     vocab_size: int | None
     model: torch.nn.Module | None
     optimizer: torch.optim.Optimizer | None
@@ -41,6 +45,7 @@ class NoTeacher:
     """``kind: none``: hard targets only (pretraining a teacher, or a baseline)."""
 
     trains = False
+    runs_ahead = False  # nothing to run
     vocab_size = None
     model = None
     optimizer = None

@@ -71,6 +71,7 @@ class CachedTeacher:
     asks for ``model``, e.g. a student initialised from the teacher)."""
 
     trains = False
+    runs_ahead = True  # reads from disk
     optimizer = None
     scheduler = None
 

@@ -15,6 +15,7 @@ import students
 
 class CodistillTeacher:
     trains = True
+    runs_ahead = False  # its outputs depend on the step before
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
                  scheduler, snapshot_every: int = 0, mutual: bool = False) -> None:

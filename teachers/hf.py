@@ -22,18 +22,24 @@ class HFTeacher:
         self.name_or_path = name_or_path
         self.device_map = device_map
         self.shard = shard
-        self.shard_report: str | None = None  # set when the teacher is sharded
+        self.sharded = False
         self.model = students.load_pretrained(name_or_path, efficient_moe, **kwargs)
         self.model.eval()
         self.model.requires_grad_(False)
         self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
         self.output_device: torch.device | None = None
 
+    @property
+    def runs_ahead(self) -> bool:
+        return not self.sharded  # a sharded forward gathers layers: collectives
+
     def prepare(self, accelerator, train_blocks: torch.Tensor) -> None:
         self.output_device = accelerator.device
         if self.shard and accelerator.num_processes > 1:
-            self.shard_report = shard_frozen(self.model, accelerator.device,
-                                             accelerator.num_processes)
+            report = shard_frozen(self.model, accelerator.device, accelerator.num_processes)
+            self.sharded = True
+            if accelerator.is_main_process:
+                print(f"distill: {report}")
         elif self.device_map is None:
             # evaluation_mode: placed on the device but never wrapped for gradient sync.
             self.model = accelerator.prepare_model(self.model, evaluation_mode=True)
