@@ -9,9 +9,10 @@
                       ``teachers.TeacherPrefetch`` (a worker thread; on CUDA its own stream)
 
 Goal: (b) <= 1.15 x (a). Times are medians of --steps steps after --warmup, (a) and (b)
-taking turns step by step in one process, (c) with its own (a) in another; each path's
-peak memory is measured in a process of its own (ru_maxrss above the memory once models
-and inputs exist, with glibc's mmap threshold pinned).
+taking turns step by step in one process, (c) on CPU with its own (a) in another (on CUDA
+all three in one); each path's peak memory is measured in a process of its own (on CPU
+ru_maxrss above the memory once models and inputs exist, with glibc's mmap threshold
+pinned; on CUDA max_memory_allocated).
 
     python benchmarks/step_efficiency.py                  # tiny presets, about a minute
     python benchmarks/step_efficiency.py --device cuda --dtype bfloat16 \
