@@ -6,7 +6,7 @@
                       the student's LMWithObjective (fused CE + forward KL), AdamW step
     (c) overlap:      (b) with the teacher's forward for the next micro-batch running
                       ahead while the student trains on this one, through the loop's own
-                      ``teachers.TeacherPrefetch`` (a worker thread; on CUDA its own stream)
+                      ``distill.prefetch.TeacherPrefetch`` (a worker thread; on CUDA its own stream)
 
 Goal: (b) <= 1.15 x (a). Times are medians of --steps steps after --warmup, (a) and (b)
 taking turns step by step in one process, (c) on CPU with its own (a) in another (on CUDA
@@ -42,7 +42,8 @@ def _setup(args):
 
     import losses
     import students
-    from distill.modules import LMWithObjective
+    from losses.outputs import HiddenStates, Logits
+    from teachers import LMWithObjective
 
     torch.manual_seed(0)
     device, vocab = torch.device(args.device), args.vocab
@@ -63,17 +64,15 @@ def _setup(args):
         return torch.autocast(device.type, torch.bfloat16, enabled=args.dtype == "bfloat16")
 
     def teacher_outputs(path, ids):
-        with torch.inference_mode():
+        with torch.no_grad():
             if path == "floor":
-                return teacher(input_ids=ids).logits
+                return Logits(teacher(input_ids=ids).logits)
             states = teacher.model(input_ids=ids).last_hidden_state
-            return states, teacher.lm_head.weight
+            return HiddenStates(states, teacher.lm_head.weight)
 
     class FrozenTeacher:  # what the toolkit's TeacherPrefetch calls
-        trains = False
-
-        def outputs(self, batch, hidden):
-            return teacher_outputs("distill", batch["input_ids"])
+        def outputs(self, batch):
+            return teacher_outputs("distill", batch.input_ids)
 
     def train_step(path, ids, labels, teacher_out):
         with autocast():
@@ -95,11 +94,12 @@ def measure(paths: list[str], args) -> dict:
     process (so machine noise hits them alike); peak memory when only one path runs."""
     import torch
 
-    from teachers import TeacherPrefetch
+    from distill.prefetch import TeacherPrefetch
+    from teachers import MicroBatch
 
     batches, tokens, teacher_outputs, train_step, frozen, autocast = _setup(args)
     cuda = args.device == "cuda"
-    prefetch = TeacherPrefetch(frozen, hidden=True, enabled="overlap" in paths,
+    prefetch = TeacherPrefetch(frozen, enabled="overlap" in paths,
                                context=autocast, device=torch.device(args.device))
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     sync()
@@ -107,7 +107,8 @@ def measure(paths: list[str], args) -> dict:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     times: dict[str, list[float]] = {path: [] for path in paths}
-    micro_batches = [{"input_ids": block[:, :-1]} for block in batches]  # what get() matches
+    micro_batches = [MicroBatch(block[:, :-1], block[:, 1:], torch.arange(len(block)))
+                     for block in batches]  # what get() matches
     for i in range(args.warmup + args.steps):
         for path in paths:
             mb = micro_batches[i % len(batches)]
@@ -115,11 +116,11 @@ def measure(paths: list[str], args) -> dict:
             start = time.perf_counter()
             if path != "overlap":
                 with autocast():
-                    teacher_out = teacher_outputs(path, mb["input_ids"])
+                    teacher_out = teacher_outputs(path, mb.input_ids)
             else:  # this step's teacher output was computed during the previous step
                 teacher_out = prefetch.get(mb)
                 prefetch.submit(micro_batches[(i + 1) % len(batches)])
-            train_step(path, mb["input_ids"], labels, teacher_out)
+            train_step(path, mb.input_ids, labels, teacher_out)
             if path == "overlap":
                 prefetch.wait()  # the prefetch ends within this step: no spill into others
             sync()

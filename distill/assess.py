@@ -94,8 +94,8 @@ def evaluate_target(target: str, teacher: str | None = None, data: str | None = 
         raise UserError(f"{target}: neither a run directory (config.yaml and student/) nor a "
                         "saved model directory (config.json).")
     recipe = load_recipe(path / "config.yaml") if is_run else None
-    if teacher is None and recipe is not None and recipe.teacher.kind in ("hf", "cached"):
-        teacher = recipe.teacher.name_or_path
+    if teacher is None and recipe is not None:
+        teacher = recipe.teacher.pretrained()
     cfg = _data_config(is_run, recipe, data, str(model_dir))
     corpus = load_corpus(cfg)
     tokenizer = load_tokenizer(cfg, corpus)

@@ -34,17 +34,20 @@ def model_config(model_cfg, tokenizer):
 
 
 def build_models(recipe: Recipe, tokenizer, make_optimizer: Callable, cache_root: Path) -> Models:
+    """The teacher (first: a codistilled teacher's initialisation follows the seed), then
+    the student, checked against each other: one vocabulary, positions for block_size."""
     efficient = recipe.train.efficient_moe
-    teacher_cfg, student_cfg = recipe.teacher, recipe.student
-    teacher_config = model_config(teacher_cfg.model, tokenizer) \
-        if teacher_cfg.kind == "codistill" else None
+    student_cfg = recipe.student
+    rows = len(tokenizer)  # the shared vocabulary; checked against both heads below
+    setup = teachers.TeacherSetup(
+        vocab_rows=rows, efficient_moe=efficient, cache_root=Path(cache_root),
+        model_config=lambda section: model_config(section, tokenizer),
+        make_optimizer=make_optimizer, chunk_size=recipe.loss.chunk_size,
+        max_grad_norm=recipe.train.max_grad_norm)
     try:
-        teacher = teachers.build(teacher_cfg, model_config=teacher_config,
-                                 make_optimizer=make_optimizer, efficient_moe=efficient,
-                                 cache_root=cache_root)
-    except OSError as exc:
-        raise UserError(f"teacher.name_or_path: could not load {teacher_cfg.name_or_path!r}: "
-                        f"{exc}") from None
+        teacher = teachers.build(recipe.teacher, setup)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"teacher ({recipe.teacher.kind}): could not build it: {exc}") from None
     init_report = None
     if student_cfg.init == "pretrained":
         try:
@@ -57,18 +60,14 @@ def build_models(recipe: Recipe, tokenizer, make_optimizer: Callable, cache_root
         if student_cfg.init == "from_teacher":
             try:
                 init_report = students.init_from_teacher(
-                    student, teacher.model, student_cfg.teacher_layers,
+                    student, teacher.load_weights(), student_cfg.teacher_layers,
                     student_cfg.teacher_experts)
             except ValueError as exc:
                 raise UserError(str(exc)) from None
-    rows = shared_vocab_rows(
-        tokenizer, student.get_output_embeddings().weight.shape[0], teacher.vocab_size,
-        teacher_cfg.name_or_path if teacher_cfg.kind in ("hf", "cached") else None)
-    if teacher_cfg.kind == "cached":
-        teacher.vocab_limit = rows
-    teacher_config = getattr(teacher, "config", None) or getattr(teacher.model, "config", None)
+    shared_vocab_rows(tokenizer, student.get_output_embeddings().weight.shape[0],
+                      teacher.vocab_size, teacher.name_or_path)
     _check_positions(recipe.data.block_size, {"student": student.config,
-                                              "teacher": teacher_config})
+                                              "teacher": teacher.config})
     if student_cfg.peft is not None:
         student = students.apply_peft(student, student_cfg.peft)
     return Models(student=student, teacher=teacher, vocab_rows=rows, init_report=init_report)

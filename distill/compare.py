@@ -48,7 +48,7 @@ def _teacher_overrides(data: dict[str, Any]) -> dict[str, Any]:
     compare = data.get("compare") or {}
     if isinstance(compare, dict) and compare.get("teacher_recipe"):
         student = str(Path(str(data.get("output_dir", "runs/quickstart"))) / "teacher" / "student")
-        return {"teacher.kind": "cached", "teacher.name_or_path": student,
+        return {"teacher.kind": "cached", "teacher.hf.name_or_path": student,
                 "data.tokenizer": student}
     if isinstance(data.get("teacher"), dict) and data["teacher"].get("kind") == "hf":
         return {"teacher.kind": "cached"}
@@ -123,11 +123,10 @@ def _fill_cache(recipe: Recipe) -> None:
     from distill.data import cache_root, prepare_data
 
     data = prepare_data(recipe.data, load_corpus(recipe.data))
-    teacher = teachers.build(recipe.teacher, model_config=None, make_optimizer=None,
-                             efficient_moe=recipe.train.efficient_moe,
-                             cache_root=cache_root(recipe.data))
-    teacher.vocab_limit = len(data.tokenizer)
-    teacher.prepare(Accelerator(cpu=recipe.train.cpu), data.train)
+    teacher = teachers.build(recipe.teacher, teachers.TeacherSetup(
+        vocab_rows=len(data.tokenizer), efficient_moe=recipe.train.efficient_moe,
+        cache_root=cache_root(recipe.data)))
+    teacher.prepare(teachers.Placement(Accelerator(cpu=recipe.train.cpu), data.train))
     print(f"teacher outputs: {'computed into' if teacher.rebuilt else 'reusing'} {teacher.path}")
 
 

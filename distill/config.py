@@ -10,13 +10,17 @@ from, passes the same checks. Everything is validated before any work starts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
+import losses
+import teachers
 from distill.schema import meta
 
-SCHEDULE_KINDS = ("constant", "linear", "cosine", "exponential", "step", "wsd")
-DIVERGENCE_KINDS = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd", "akl")
-ADAPTIVE_KINDS = ("none", "teacher_confidence", "loss_balance", "uncertainty")
+# The names a recipe may use are the registries' own.
+SCHEDULE_KINDS = tuple(losses.SCHEDULES)
+DIVERGENCE_KINDS = tuple(losses.DIVERGENCES)
+ADAPTIVE_KINDS = tuple(losses.ADAPTIVE)
+TEACHER_KINDS = tuple(teachers.TEACHERS)
 
 
 @dataclass
@@ -119,51 +123,88 @@ class StudentConfig:
 
 
 @dataclass
-class TeacherConfig:
-    kind: str = field(default="codistill", metadata=meta(
-        "`codistill`: built from `model`, trains on the hard targets alongside the student. "
-        "`hf`: a frozen causal LM loaded with `from_pretrained(name_or_path)`. `cached`: the "
-        "`hf` teacher's top-k outputs computed once over the training data, stored on disk "
-        "and reused. `none`: no teacher (hard targets only, e.g. to pretrain a teacher).",
-        choices=("codistill", "hf", "cached", "none")))
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(preset="scout-tiny"),
-                               metadata=meta("For `codistill`: the teacher's architecture."))
+class HFTeacherConfig:
+    """A pretrained teacher: run live (`kind: hf`) or filling a cache (`kind: cached`)."""
+
     name_or_path: str | None = field(default=None, metadata=meta(
-        "For `hf` and `cached`: a local checkpoint directory or a hub model name."))
+        "A local checkpoint directory or a hub model name (any causal LM `from_pretrained` "
+        "loads, Llama 4 multimodal checkpoints included: their text model is used)."))
     dtype: str = field(default="float32", metadata=meta(
-        "For `hf` and `cached`: the dtype the teacher runs in.",
-        choices=("float32", "bfloat16", "float16")))
+        "The dtype the teacher runs in.", choices=("float32", "bfloat16", "float16")))
     device_map: str | None = field(default=None, metadata=meta(
-        "For `hf` and `cached`: a transformers `device_map` (e.g. `auto`) to spread a large "
-        "teacher over the available devices; null places it on the training device."))
-    lr: float = field(default=3e-3, metadata=meta(
-        "For `codistill`: the teacher's peak learning rate (AdamW, same warmup and "
-        "schedule shape as the student).", min=0.0, max=1.0))
-    mutual_weight: float = field(default=0.0, metadata=meta(
-        "For `codistill`: weight of the teacher's own soft term towards the student "
-        "(deep mutual learning); 0 trains the teacher on the hard targets alone.", min=0.0))
-    snapshot_every: int = field(default=0, metadata=meta(
-        "For `codistill`: the student learns from a frozen snapshot of the teacher refreshed "
-        "every N steps (Anil et al. 2018); 0 uses the live teacher.", min=0))
-    top_k: int = field(default=64, metadata=meta(
-        "For `cached`: teacher log-probabilities kept per position (plus the tail mass).",
-        min=1))
-    cache_dir: str | None = field(default=None, metadata=meta(
-        "For `cached`: where caches live; null means `<data cache>/teacher-outputs`."))
-    cache_batch_size: int = field(default=16, metadata=meta(
-        "For `cached`: sequences per teacher forward while filling the cache.", min=1))
+        "A transformers `device_map` (e.g. `auto`) to spread a large teacher over the "
+        "available devices; null places it on the training device."))
     shard: bool = field(default=False, metadata=meta(
-        "For `hf`: shard the frozen teacher's decoder layers over the launch's processes with "
-        "FSDP2 (`fully_shard`), each process holding 1/N of their weights and gathering one "
-        "layer at a time in the forward; embeddings, final norm and output head stay whole "
-        "on every process. A no-op in a single process. Not with `device_map`, and it turns "
-        "`prefetch` off (the gathers are collectives)."))
+        "`kind: hf` only: shard the frozen teacher's decoder layers over the launch's "
+        "processes with FSDP2 (`fully_shard`), each process holding 1/N of their weights and "
+        "gathering one layer at a time in the forward; embeddings, final norm and output head "
+        "stay whole on every process. A no-op in a single process. Not with `device_map`, "
+        "and it turns `prefetch` off (the gathers are collectives)."))
+
+
+@dataclass
+class CachedTeacherConfig:
+    """The `hf` teacher's top-k outputs, computed once and read back from disk."""
+
+    top_k: int = field(default=64, metadata=meta(
+        "Teacher log-probabilities kept per position (plus the tail mass).", min=1))
+    cache_dir: str | None = field(default=None, metadata=meta(
+        "Where caches live; null means `<data cache>/teacher-outputs`."))
+    batch_size: int = field(default=16, metadata=meta(
+        "Sequences per teacher forward while filling the cache.", min=1))
+
+
+@dataclass
+class CodistillTeacherConfig:
+    """A teacher built here and trained on the hard targets beside the student."""
+
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(preset="scout-tiny"),
+                               metadata=meta("The teacher's architecture."))
+    lr: float = field(default=3e-3, metadata=meta(
+        "The teacher's peak learning rate (AdamW, same warmup and schedule shape as the "
+        "student).", min=0.0, max=1.0))
+    mutual_weight: float = field(default=0.0, metadata=meta(
+        "Weight of the teacher's own soft term towards the student (deep mutual learning); "
+        "0 trains the teacher on the hard targets alone.", min=0.0))
+    snapshot_every: int = field(default=0, metadata=meta(
+        "The student learns from a frozen snapshot of the teacher refreshed every N steps "
+        "(Anil et al. 2018); 0 uses the live teacher.", min=0))
+
+
+@dataclass
+class TeacherConfig:
+    """`kind` picks the teacher; each kind reads its own sub-section (`cached` reads `hf`
+    too: the teacher that fills the cache)."""
+
+    kind: str = field(default="codistill", metadata=meta(
+        " ".join(f"`{name}`: {kind.summary}." for name, kind in teachers.TEACHERS.items()),
+        choices=TEACHER_KINDS))
     prefetch: str = field(default="auto", metadata=meta(
-        "For `hf` and `cached`: compute the frozen teacher's outputs for the next micro-batch "
-        "in a worker thread (on its own CUDA stream) while the student trains on this one. "
-        "`auto` turns it on when training on CUDA and off on CPU, where both sides share "
-        "the same cores and it measured slower (docs/distributed.md).",
-        choices=("auto", "on", "off")))
+        "For teachers that can run ahead (`hf` unsharded, `cached`): compute the teacher's "
+        "outputs for the next micro-batch in a worker thread (on its own CUDA stream) while "
+        "the student trains on this one. `auto` turns it on when training on CUDA and off on "
+        "CPU, where both sides share the same cores and it measured slower "
+        "(docs/distributed.md).", choices=("auto", "on", "off")))
+    hf: HFTeacherConfig = field(default_factory=HFTeacherConfig, metadata=meta(
+        "For `hf` and `cached`: the pretrained teacher."))
+    cached: CachedTeacherConfig = field(default_factory=CachedTeacherConfig, metadata=meta(
+        "For `cached`: the cache of its outputs."))
+    codistill: CodistillTeacherConfig = field(default_factory=CodistillTeacherConfig,
+                                              metadata=meta("For `codistill`: the teacher "
+                                                            "that trains."))
+
+    # Keys of the flat teacher section before the kinds had sub-sections: a recipe that
+    # still uses one is told where it went.
+    moved: ClassVar[dict[str, str]] = {
+        "name_or_path": "hf.name_or_path", "dtype": "hf.dtype", "device_map": "hf.device_map",
+        "shard": "hf.shard", "top_k": "cached.top_k", "cache_dir": "cached.cache_dir",
+        "cache_batch_size": "cached.batch_size", "model": "codistill.model",
+        "lr": "codistill.lr", "mutual_weight": "codistill.mutual_weight",
+        "snapshot_every": "codistill.snapshot_every"}
+
+    def pretrained(self) -> str | None:
+        """The pretrained checkpoint this teacher runs (kinds that read `hf`), else None."""
+        return self.hf.name_or_path if "hf" in teachers.TEACHERS[self.kind].sections else None
 
 
 @dataclass
@@ -197,8 +238,9 @@ class LossConfig:
         default_factory=lambda: ScheduleConfig(start=0.0), metadata=meta(
             "Weight of the student's MoE router load-balancing loss; 0 skips computing it."))
     fused: str = field(default="auto", metadata=meta(
-        "Memory-bounded chunked loss from hidden states: `auto` uses it whenever teacher "
-        "and student expose hidden states and a plain linear output head.",
+        "Memory-bounded chunked loss from hidden states: `auto` uses it whenever the student "
+        "exposes hidden states and a plain linear output head (a teacher then answers with "
+        "its hidden states and head where it can, else with logits or top-k).",
         choices=("auto", "on", "off")))
     chunk_size: int = field(default=256, metadata=meta(
         "Tokens per chunk in the fused path: peak loss memory is about 8 x chunk_size x "

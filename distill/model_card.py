@@ -10,20 +10,6 @@ import yaml
 from distill.config import Recipe
 
 
-def _teacher_line(recipe: Recipe) -> str:
-    teacher = recipe.teacher
-    if teacher.kind == "none":
-        return "none: trained on the data's next tokens alone"
-    if teacher.kind == "codistill":
-        model = teacher.model.config_file or f"preset `{teacher.model.preset}`"
-        return (f"codistillation with a teacher built from {model} and trained alongside "
-                f"(mutual weight {teacher.mutual_weight}, snapshot every "
-                f"{teacher.snapshot_every or 'step (live)'})")
-    how = "its cached top-{} outputs".format(teacher.top_k) if teacher.kind == "cached" else \
-        "online logits"
-    return f"`{teacher.name_or_path}` (frozen, {how})"
-
-
 def _schedule(s) -> str:
     if s is None:
         return "1 - soft weight"
@@ -32,10 +18,28 @@ def _schedule(s) -> str:
     return f"{s.kind} {s.start:g} -> {s.end:g} over steps {s.warmup_steps}-{s.total_steps}"
 
 
-def write_model_card(directory: Path, recipe: Recipe, metrics: dict[str, Any],
-                     adapter: bool, shown_path: str | Path | None = None) -> None:
-    """Write ``directory/README.md``; ``shown_path`` is where the loading example points
-    (the final location when ``directory`` is a staging directory)."""
+def architecture(model) -> str:
+    """What the saved model is, read off the model itself (not the recipe)."""
+    config = model.config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    experts = getattr(text, "num_local_experts", 0) or 0
+    moe = (f", {experts} experts ({getattr(text, 'num_experts_per_tok', '?')} per token)"
+           if experts else "")
+    params = sum(p.numel() for p in model.parameters())
+    return (f"`{type(model).__name__}` (`{config.model_type}`): {text.num_hidden_layers} layers, "
+            f"hidden size {text.hidden_size}{moe}, vocabulary {text.vocab_size}, "
+            f"{params:,} parameters")
+
+
+_TITLES = {"student": "Distilled student", "teacher": "Codistilled teacher"}
+
+
+def write_model_card(directory: Path, recipe: Recipe, metrics: dict[str, Any], role: str,
+                     teacher_line: str, architecture_line: str, adapter: bool,
+                     shown_path: str | Path | None = None) -> None:
+    """Write ``directory/README.md`` for the run's ``role`` model (``student``, or a
+    ``teacher`` the run trained); ``shown_path`` is where the loading example points (the
+    final location when ``directory`` is a staging directory)."""
     where = shown_path or directory
     data = recipe.data
     source = {"stdlib": "the Python standard library's source files",
@@ -46,11 +50,24 @@ def write_model_card(directory: Path, recipe: Recipe, metrics: dict[str, Any],
              "pipeline_tag": "text-generation"}
     if data.source == "hub":
         front["datasets"] = [data.hub_name]
-    if recipe.student.init == "pretrained" and recipe.student.name_or_path:
-        front["base_model"] = recipe.student.name_or_path
     loss = recipe.loss
+    if role == "student":
+        if recipe.student.init == "pretrained" and recipe.student.name_or_path:
+            front["base_model"] = recipe.student.name_or_path
+        intro = ""
+        how = (f"- **Teacher:** {teacher_line}\n"
+               f"- **Loss:** hard weight x CE + soft weight x T^2 x `{loss.divergence}`; soft "
+               f"weight\n  {_schedule(loss.soft_weight)}, hard weight "
+               f"{_schedule(loss.hard_weight)}, temperature\n  {_schedule(loss.temperature)}, "
+               f"adaptive strategy `{loss.adaptive}`")
+    else:
+        intro = (" This is the teacher that trained\nalongside the run's student, which is in "
+                 "`student/`.")
+        how = (f"- **Trained by:** {teacher_line}\n- **Loss:** cross-entropy on the data's next "
+               f"tokens, plus forward KL\n  towards the student with weight "
+               f"{recipe.teacher.codistill.mutual_weight:g}")
     rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
-                     for k, v in metrics.items() if not isinstance(v, list))
+                     for k, v in metrics.items() if not isinstance(v, list) and v is not None)
     loader = ("from peft import AutoPeftModelForCausalLM\n"
               f"model = AutoPeftModelForCausalLM.from_pretrained(\"{where}\")") if adapter \
         else ("from transformers import AutoModelForCausalLM\n"
@@ -59,16 +76,14 @@ def write_model_card(directory: Path, recipe: Recipe, metrics: dict[str, Any],
 {yaml.safe_dump(front, sort_keys=False).strip()}
 ---
 
-# Distilled student
+# {_TITLES[role]}
 
 Trained with the `distill` toolkit (`distill run`); the full resolved recipe is in the run's
-`config.yaml`.
+`config.yaml`.{intro}
 
-- **Teacher:** {_teacher_line(recipe)}
+- **Architecture:** {architecture_line}
+{how}
 - **Data:** {source[data.source]}, blocks of {data.block_size} tokens, tokenizer `{data.tokenizer}`
-- **Loss:** hard weight x CE + soft weight x T^2 x `{loss.divergence}`; soft weight
-  {_schedule(loss.soft_weight)}, hard weight {_schedule(loss.hard_weight)}, temperature
-  {_schedule(loss.temperature)}, adaptive strategy `{loss.adaptive}`
 - **Training:** {recipe.train.max_steps} steps, {recipe.train.micro_batch_size} x
   {recipe.train.grad_accum_steps} sequences per step per process, peak learning rate
   {recipe.train.lr:g}, seed {recipe.seed}

@@ -68,33 +68,22 @@ def _check_name(key: str, value: str, allowed: Sequence[str]) -> None:
 
 def _check_models(recipe: Recipe) -> None:
     import students
+    import teachers
 
     teacher, student = recipe.teacher, recipe.student
-    if teacher.kind in ("hf", "cached") and not teacher.name_or_path:
-        raise UserError(f"teacher.name_or_path: kind {teacher.kind!r} needs a checkpoint "
-                        "directory or hub name.")
-    if teacher.shard and teacher.kind != "hf":
-        raise UserError(f"teacher.shard: sharding needs kind 'hf' (a frozen teacher run live); "
-                        f"kind is {teacher.kind!r}.")
-    if teacher.shard and teacher.device_map is not None:
-        raise UserError("teacher.shard: choose one of shard (FSDP2 over the processes) and "
-                        f"device_map ({teacher.device_map!r}), not both.")
-    if teacher.shard and teacher.prefetch == "on":
-        raise UserError("teacher.prefetch: 'on' cannot run with teacher.shard (the sharded "
-                        "teacher's gathers are collectives, which a second thread would "
-                        "interleave); use 'auto' or 'off'.")
-    if teacher.prefetch == "on" and teacher.kind not in ("hf", "cached"):
-        raise UserError(f"teacher.prefetch: 'on' needs a frozen teacher (kind 'hf' or "
-                        f"'cached'); kind is {teacher.kind!r}. Use 'auto' or 'off'.")
+    try:
+        teachers.check(teacher)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     if student.init == "pretrained" and not student.name_or_path:
         raise UserError("student.name_or_path: init 'pretrained' needs a checkpoint directory "
                         "or hub name.")
-    if student.init == "from_teacher" and teacher.kind == "none":
-        raise UserError("student.init: 'from_teacher' needs a teacher (teacher.kind is 'none').")
-    sections = [("student", student)]
-    if teacher.kind == "codistill":
-        sections.append(("teacher.model", teacher.model))
-    for key, model in sections:
+    if student.init == "from_teacher" and not teachers.TEACHERS[teacher.kind].has_weights:
+        raise UserError(f"student.init: 'from_teacher' needs a teacher with weights (teacher.kind "
+                        f"is {teacher.kind!r}).")
+    # Every model section is checked, used by this kind or not: a typo never waits for the
+    # day the section is used.
+    for key, model in (("student", student), ("teacher.codistill.model", teacher.codistill.model)):
         _check_name(f"{key}.preset", model.preset, list(students.PRESETS))
         if model is student and student.init == "pretrained":
             continue  # the checkpoint's own config is used

@@ -110,8 +110,8 @@ def _final_metrics(variants, base) -> dict[str, dict[str, Any]]:
     corpus = load_corpus(recipe.data)
     tokenizer = load_tokenizer(recipe.data, corpus)
     blocks = pack(corpus.validation, tokenizer, recipe.data.block_size, "validation")
-    frozen = recipe.teacher.kind in ("hf", "cached")
-    teacher = students.load_pretrained(recipe.teacher.name_or_path).eval() if frozen else None
+    pretrained = recipe.teacher.pretrained()
+    teacher = students.load_pretrained(pretrained).eval() if pretrained else None
     results = {}
     for variant in variants:
         student = students.load_pretrained(str(variant.directory / "student")).eval()

@@ -115,10 +115,15 @@ def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """Build dataclass ``cls`` from ``data``, refusing unknown keys, wrong types and ranges."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
+    moved = getattr(cls, "moved", {})
     for name in data:
         if name not in fields:
             key = f"{prefix}.{name}" if prefix else str(name)
             where = f" in '{prefix}'" if prefix else ""
+            if name in moved:
+                new = f"{prefix}.{moved[name]}" if prefix else moved[name]
+                raise UserError(f"unknown key '{key}'{where}: it moved to '{new}'. Did you "
+                                f"mean '{new}'?")
             raise UserError(f"unknown key '{key}'{where}.{suggest(str(name), fields)} "
                             f"Allowed: {', '.join(fields)}.")
     kwargs = {}

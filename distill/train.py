@@ -8,7 +8,6 @@ inside ``accelerator.accumulate``. The same code runs on one CPU and on many GPU
 from __future__ import annotations
 
 import gc
-import math
 import os
 import shutil
 import tempfile
@@ -22,24 +21,19 @@ import torch
 
 import losses
 import students
-import teachers
 from distill.build import build_models, write_init_report
-from distill.checkpoint import (
-    complete_checkpoints,
-    load_latest_checkpoint,
-    save_checkpoint,
-)
+from distill.checkpoint import complete_checkpoints, load_latest_checkpoint, save_checkpoint
 from distill.config import Recipe
 from distill.corpus import load_corpus
 from distill.data import BlockOrder, cache_root, prepare_data, split_block
-from distill.errors import TrainingStopped, UserError
-from distill.evaluation import validation_loss
+from distill.errors import UserError
 from distill.lock import OutputDirLock
 from distill.metrics import MetricsLog
-from distill.model_card import write_model_card
-from distill.modules import LMWithObjective
+from distill.model_card import architecture, write_model_card
+from distill.policies import NonFiniteGuard, Validator
+from distill.prefetch import TeacherPrefetch
 from distill.recipe import dump_recipe
-from teachers.prefetch import TeacherPrefetch
+from teachers import LMWithObjective, MicroBatch, Placement, Teacher
 
 
 @dataclass
@@ -58,15 +52,13 @@ def _check_output_dir(output_dir: Path, resume: bool) -> None:
                         "continue it, or choose another output_dir.")
 
 
-def _save_student(student, tokenizer, output_dir: Path, recipe: Recipe, metrics: dict) -> None:
-    """save_pretrained (and a model card) into a staging directory, then rename: student/
-    is whole or absent."""
-    target = output_dir / "student"
-    staging = Path(tempfile.mkdtemp(dir=output_dir, prefix=".staging-student-"))
-    student.save_pretrained(staging)
+def _save_model(model, tokenizer, target: Path, card: dict) -> None:
+    """save_pretrained (and a model card) into a staging directory, then rename: the
+    target is whole or absent."""
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".staging-{target.name}-"))
+    model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    write_model_card(staging, recipe, metrics, adapter=recipe.student.peft is not None,
-                     shown_path=target)
+    write_model_card(staging, shown_path=target, architecture_line=architecture(model), **card)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(staging, target)
 
@@ -82,66 +74,60 @@ def _optimizer_and_schedule(model, lr: float, train):
     return optimizer, scheduler
 
 
-def forward_backward(accelerator, student, teacher, teacher_module, micro_batches: list[dict],
-                     step: int, step_tokens: int, fused: bool,
-                     prefetch: TeacherPrefetch | None = None,
-                     following: dict | None = None) -> tuple[dict, dict]:
+def forward_backward(accelerator, student, teacher: TeacherPrefetch,
+                     micro_batches: list[MicroBatch],
+                     following: MicroBatch | None = None) -> tuple[dict, dict]:
     """Forward and backward over one optimizer step's micro-batches; gradients accumulate
-    in the modules. ``teacher_module`` is the training teacher's module (None for a frozen
-    teacher). A frozen teacher's outputs come through ``prefetch``, which starts each next
-    micro-batch's (``following``: the next step's first) before the student's pass on this
-    one. Returns this process's share of each logged term, and the step's scalars."""
-    if prefetch is None:
-        prefetch = TeacherPrefetch(teacher, fused, enabled=False)
+    in the modules. The teacher's outputs come through ``teacher`` (a prefetcher: it starts
+    each next micro-batch's, ``following`` being the next step's first, before the
+    student's pass on this one; a teacher that trains learns inside that call). Returns
+    this process's share of each logged term, and the step's scheduled scalars."""
     # accelerate's backward divides by gradient_accumulation_steps and DDP averages over
     # processes; the loss is already a sum over the step's tokens divided by the step's
     # token count, so undo both to get exactly that gradient.
     loss_scale = accelerator.gradient_accumulation_steps * accelerator.num_processes
-    modules = [student] if teacher_module is None else [student, teacher_module]
-    mutual = teacher_module is not None and teacher.mutual
     sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
     scalars: dict[str, float] = {}
-    upcoming = [*micro_batches[1:], following]
-    for mb, next_mb in zip(micro_batches, upcoming):
-        ids, labels = mb["input_ids"], mb["labels"]
-        with accelerator.accumulate(*modules), accelerator.autocast():
-            loss = 0.0
-            if teacher_module is None:
-                teacher_out = prefetch.get(mb)
-                prefetch.submit(next_mb)
-            else:  # the teacher learns the hard targets (and the student) in the same pass
-                peer = student(ids, None, None, step, step_tokens, outputs_only=True)[1] \
-                    if mutual else None
-                teacher_terms, teacher_out = teacher_module(ids, labels, peer, step, step_tokens)
-                if teacher.snapshot is not None:  # the student reads the frozen snapshot
-                    teacher_out = teacher.outputs(mb, hidden=fused)
-                loss = teacher_terms.total
-                sums["teacher_ce"] = sums["teacher_ce"] + teacher_terms.terms["ce"]
-                if mutual:
-                    sums["teacher_kd"] = sums["teacher_kd"] + teacher_terms.terms["kd"]
-            out, _ = student(ids, labels, teacher_out, step, step_tokens)
-            accelerator.backward((loss + out.total) * loss_scale)
+    for mb, next_mb in zip(micro_batches, [*micro_batches[1:], following]):
+        with accelerator.accumulate(student), accelerator.autocast():
+            teacher_out = teacher.get(mb)
+            teacher.submit(next_mb)
+            out, _ = student(mb.input_ids, mb.labels, teacher_out, mb.step, mb.step_tokens)
+            accelerator.backward(out.total * loss_scale)
         for name, value in out.terms.items():
             sums[name] = sums[name] + value
         scalars = out.scalars
     return sums, scalars
 
 
-def _use_prefetch(mode: str, teacher, device: torch.device) -> bool:
+def draw_step(order: BlockOrder, blocks: torch.Tensor, step: int, micro_batches: int,
+              accelerator) -> list[MicroBatch]:
+    """The micro-batches of optimizer step ``step``, each knowing the step's valid target
+    tokens over all processes (every process calls this at the same point: a collective)."""
+    drawn = []
+    for _ in range(micro_batches):
+        indices = order.next_indices()
+        drawn.append((split_block(blocks[indices].to(accelerator.device)), indices))
+    local = sum(int((parts["labels"] != -100).sum()) for parts, _ in drawn)
+    tokens = int(accelerator.reduce(torch.tensor(local, device=accelerator.device), "sum"))
+    return [MicroBatch(parts["input_ids"], parts["labels"], indices, step, tokens)
+            for parts, indices in drawn]
+
+
+def _use_prefetch(mode: str, teacher: Teacher, device: torch.device) -> bool:
     """Run the teacher one micro-batch ahead where it can (see ``Teacher.runs_ahead``): on
     CUDA by default; the recipe check refuses 'on' for teachers that cannot."""
     return teacher.runs_ahead and (mode == "on" or (mode == "auto" and device.type == "cuda"))
 
 
-def _use_fused(mode: str, student_lm, teacher) -> bool:
-    """Whether both sides can give hidden states and a plain head (a cache gives top-k
-    log-probabilities, which the fused path takes as they are)."""
-    teacher_ok = teacher.model is None or isinstance(teacher, teachers.CachedTeacher) or \
-        students.fused_head(teacher.model) is not None
-    possible = students.fused_head(student_lm) is not None and teacher_ok
+def _use_fused(mode: str, student_lm) -> bool:
+    """Whether the loss takes the student's hidden states and head (a teacher then answers
+    with its own where it can, and with logits or top-k otherwise: the fused path takes
+    every teacher output)."""
+    possible = students.fused_head(student_lm) is not None
     if mode == "on" and not possible:
-        raise UserError("loss.fused: 'on' needs teacher and student with plain linear output "
-                        "heads and a base model that returns hidden states; use 'auto' or 'off'.")
+        raise UserError("loss.fused: 'on' needs a student with a plain linear output head and "
+                        "a base model that returns hidden states; use 'auto' or 'off'.")
     return mode == "on" or (mode == "auto" and possible)
 
 
@@ -198,35 +184,28 @@ def _train(recipe: Recipe, resume: bool) -> RunResult:
         output_dir.mkdir(parents=True, exist_ok=True)
     set_seed(recipe.seed)
 
+    # ---- build: data, teacher and student, the student's objective and optimizer
     with accelerator.main_process_first():  # the first process trains and caches the tokenizer
         data = prepare_data(recipe.data, load_corpus(recipe.data))
-    tokenizer = data.tokenizer
-
-    models = build_models(recipe, tokenizer, lambda model, lr: _optimizer_and_schedule(
+    models = build_models(recipe, data.tokenizer, lambda model, lr: _optimizer_and_schedule(
         model, lr, train), cache_root(recipe.data))
     teacher = models.teacher
-    fused = _use_fused(recipe.loss.fused, models.student, teacher)
+    fused = _use_fused(recipe.loss.fused, models.student)
     aux = recipe.loss.router_aux_weight
     student = LMWithObjective(models.student, losses.build_objective(recipe.loss), fused,
                               router_aux=max(aux.start, aux.end) > 0,
                               vocab_rows=models.vocab_rows)
     optimizer, scheduler = _optimizer_and_schedule(student, train.lr, train)
+
+    # ---- prepare: the student on accelerate, then the teacher (placed, cache filled, or
+    # its own module and optimizer prepared), then the prefetcher and the data order
     student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
-    trained = [(student, optimizer, scheduler)]
-    teacher_module = None
-    if teacher.trains:
-        teacher_module = LMWithObjective(
-            teacher.model, losses.hard_target_objective(recipe.loss.chunk_size,
-                                                        recipe.teacher.mutual_weight),
-            fused, router_aux=False, vocab_rows=models.vocab_rows)
-        prepared = accelerator.prepare(teacher_module, teacher.optimizer, teacher.scheduler)
-        teacher_module = prepared[0]
-        trained.append(prepared)
-    teacher.prepare(accelerator, data.train)
+    teacher.prepare(Placement(accelerator, data.train, hidden=fused, student_outputs=lambda ids:
+                              student(ids, None, None, 0, 1, outputs_only=True)[1]))
     if main:
         write_init_report(models.init_report, output_dir)
-    prefetch = TeacherPrefetch(teacher, fused, _use_prefetch(recipe.teacher.prefetch, teacher,
-                                                             accelerator.device),
+    prefetch = TeacherPrefetch(teacher, _use_prefetch(recipe.teacher.prefetch, teacher,
+                                                      accelerator.device),
                                context=accelerator.autocast, device=accelerator.device)
     if main and prefetch.enabled:
         where = "its own CUDA stream" if accelerator.device.type == "cuda" else "a worker thread"
@@ -244,82 +223,46 @@ def _train(recipe: Recipe, resume: bool) -> RunResult:
     log.truncate_after(start_step, train.max_steps)
     if main:
         (output_dir / "config.yaml").write_text(dump_recipe(recipe))
-
-    last_eval: dict = {}
-
-    def evaluate(step: int) -> float:
-        student.eval()
-        row = validation_loss(accelerator.unwrap_model(student).lm, data.validation,
-                              train.eval_batch_size, accelerator, train.eval_batches,
-                              expert_load=True)
-        if teacher.trains:
-            teacher.model.eval()
-            row["teacher_val_loss"] = validation_loss(
-                teacher.model, data.validation, train.eval_batch_size, accelerator,
-                train.eval_batches)["val_loss"]
-            teacher.model.train()
-        student.train()
-        log.write({"step": step, "tokens": tokens_seen, **row})
-        last_eval.update(row)
-        return row["val_loss"]
-
+    evaluate = Validator(accelerator, data.validation, train.eval_batch_size,
+                         train.eval_batches, log, teacher)
     if start_step == 0:
-        first_val_loss = evaluate(0)
-    bar = tqdm(total=train.max_steps, initial=start_step, disable=not main, desc="distill")
-    student.train()
-    last_time, last_tokens = time.perf_counter(), tokens_seen
-    skipped_in_a_row = 0
-    def draw_step() -> list[dict]:
-        micro_batches = []
-        for _ in range(train.grad_accum_steps):
-            indices = order.next_indices()
-            micro_batches.append({**split_block(data.train[indices].to(accelerator.device)),
-                                  "block_indices": indices})
-        return micro_batches
+        first_val_loss = evaluate(student, 0, tokens_seen)
 
-    upcoming: list[dict] | None = None
+    # ---- the loop: one optimizer step per iteration
+    guard = NonFiniteGuard(train.on_nonfinite, train.max_skipped_steps, output_dir)
+    bar = tqdm(total=train.max_steps, initial=start_step, disable=not main, desc="distill")
+    last_time, last_tokens = time.perf_counter(), tokens_seen
+    upcoming: list[MicroBatch] | None = None
     for step in range(start_step, train.max_steps):
-        micro_batches = upcoming if upcoming is not None else draw_step()
+        micro_batches = upcoming or draw_step(order, data.train, step, train.grad_accum_steps,
+                                              accelerator)
         order_state = order.state_dict()  # the data position after this step: checkpointed
         # With prefetch the next step's batches are drawn now, so that the teacher can start
         # on the first of them during this step's last student pass.
-        upcoming = draw_step() if prefetch.enabled and step + 1 < train.max_steps else None
-        local_tokens = sum(int((mb["labels"] != -100).sum()) for mb in micro_batches)
-        step_tokens = int(accelerator.reduce(
-            torch.tensor(local_tokens, device=accelerator.device), "sum"))
-        sums, scalars = forward_backward(accelerator, student, teacher, teacher_module,
-                                         micro_batches, step, step_tokens, fused, prefetch,
+        upcoming = draw_step(order, data.train, step + 1, train.grad_accum_steps, accelerator) \
+            if prefetch.enabled and step + 1 < train.max_steps else None
+        sums, scalars = forward_backward(accelerator, student, prefetch, micro_batches,
                                          upcoming[0] if upcoming else None)
         # Terms are per-process shares of the step mean: sum them across processes.
         terms = {k: float(accelerator.reduce(v.to(accelerator.device), "sum"))
-                 for k, v in sums.items()}
-        bad = next(((k, v) for k, v in terms.items() if not math.isfinite(v)), None)
-        if bad is not None or step_tokens == 0:
-            reason = "no valid target tokens" if bad is None else \
-                f"non-finite {bad[0]} ({bad[1]})"
-            skipped_in_a_row += 1
-            if bad is not None and (train.on_nonfinite == "stop"
-                                    or skipped_in_a_row > train.max_skipped_steps):
-                raise TrainingStopped(
-                    f"{reason} at step {step + 1}; the run stopped before the optimizer step. "
-                    f"Last good checkpoint: {(complete_checkpoints(output_dir) or ['none'])[-1]}")
-            for _, module_optimizer, _ in trained:  # drop this step's gradients
-                module_optimizer.zero_grad(set_to_none=True)
-            log.write({"step": step + 1, "tokens": tokens_seen, "skipped": reason})
-            print(f"distill: step {step + 1} skipped: {reason}")
+                 for k, v in {**sums, **teacher.step_terms()}.items()}
+        step_tokens = micro_batches[0].step_tokens
+        skipped = guard.skip_reason(terms, step_tokens, step)
+        if skipped is not None:
+            optimizer.zero_grad(set_to_none=True)  # drop this step's gradients
+            teacher.discard_step()
+            log.write({"step": step + 1, "tokens": tokens_seen, "skipped": skipped})
+            print(f"distill: step {step + 1} skipped: {skipped}")
             bar.update(1)
             continue
-        skipped_in_a_row = 0
         lr = scheduler.get_last_lr()[0]
-        for module, module_optimizer, module_scheduler in trained:
-            if train.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(module.parameters(), train.max_grad_norm)
-            module_optimizer.step()
-            module_scheduler.step()
-            module_optimizer.zero_grad(set_to_none=True)
+        if train.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(student.parameters(), train.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        teacher.optimizer_step(step + 1)
         accelerator.unwrap_model(student).objective.update({**terms, **scalars})
-        if teacher.trains:
-            teacher.after_step(step + 1)
         tokens_seen += step_tokens
         done = step + 1
 
@@ -334,17 +277,35 @@ def _train(recipe: Recipe, resume: bool) -> RunResult:
                         refresh=False)
         bar.update(1)
         if train.eval_every and done % train.eval_every == 0 and done != train.max_steps:
-            evaluate(done)
+            evaluate(student, done, tokens_seen)
         if train.checkpoint_every and done % train.checkpoint_every == 0:
             save_checkpoint(accelerator, output_dir, done,
                             {"tokens": tokens_seen, "data_order": order_state,
                              "first_val_loss": first_val_loss}, train.keep_checkpoints)
     bar.close()
     prefetch.close()
-    final_val_loss = evaluate(train.max_steps)
+
+    # ---- outputs: the final evaluation, the student and any model the teacher trained
+    final_val_loss = evaluate(student, train.max_steps, tokens_seen)
     if main:
-        final = {"steps": train.max_steps, "tokens": tokens_seen, **last_eval}
-        _save_student(accelerator.unwrap_model(student).lm, tokenizer, output_dir, recipe, final)
+        final = {"steps": train.max_steps, "tokens": tokens_seen, **evaluate.last}
+        _save_outputs(accelerator.unwrap_model(student).lm, teacher, data.tokenizer,
+                      output_dir, recipe, final)
     accelerator.wait_for_everyone()
     return RunResult(output_dir=output_dir, first_val_loss=first_val_loss,
                      final_val_loss=final_val_loss, steps=train.max_steps, main_process=main)
+
+
+def _save_outputs(student_lm, teacher: Teacher, tokenizer, output_dir: Path, recipe: Recipe,
+                  final: dict) -> None:
+    """student/, and teacher/ for a teacher the run trained (so it can teach the next)."""
+    _save_model(student_lm, tokenizer, output_dir / "student",
+                {"recipe": recipe, "metrics": final, "role": "student",
+                 "teacher_line": teacher.describe(), "adapter": recipe.student.peft is not None})
+    trained = teacher.trained_model()
+    if trained is not None:
+        metrics = {"steps": final["steps"], "tokens": final["tokens"],
+                   "val_loss": final.get("teacher_val_loss")}
+        _save_model(trained, tokenizer, output_dir / "teacher",
+                    {"recipe": recipe, "metrics": metrics, "role": "teacher",
+                     "teacher_line": teacher.describe(), "adapter": False})

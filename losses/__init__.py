@@ -3,7 +3,8 @@
 Public interface:
 - ``divergence`` / ``fused_divergence``: mean divergence over non-ignored positions, from
   logits or (memory-bounded) from hidden states and an output head;
-- ``TopK``, ``topk_from_logits``: sparse teacher outputs with a tail bucket;
+- ``Logits``, ``HiddenStates``, ``TopK`` (``losses.outputs``): the forms a model's outputs
+  take on their way to the loss, declared once; ``TopK.from_logits`` makes the sparse form;
 - ``Schedule``, ``Objective``, ``build_objective``: the dynamic soft/hard weighting;
 - ``DIVERGENCES``, ``SCHEDULES``, ``ADAPTIVE``: the names a recipe may use.
 """
@@ -19,13 +20,19 @@ from losses.functional import (
     token_cross_entropy,
 )
 from losses.objective import LossTerms, Objective
+from losses.outputs import HiddenStates, Logits, ModelOutput, TeacherOutput, TopK
 from losses.schedules import SCHEDULES, Schedule, schedule_from
-from losses.sparse import TopK, topk_from_logits
 
-__all__ = ["ADAPTIVE", "DIVERGENCES", "SCHEDULES", "DivergenceParams", "LossTerms", "Objective",
-           "Schedule", "TopK", "build_objective", "divergence", "fused_divergence",
+__all__ = ["ADAPTIVE", "DIVERGENCES", "SCHEDULES", "DivergenceParams", "HiddenStates",
+           "Logits", "LossTerms", "ModelOutput", "Objective", "Schedule", "TeacherOutput",
+           "TopK", "build_objective", "divergence", "fused_divergence",
            "hard_target_objective", "per_token_divergence", "schedule_from",
            "token_cross_entropy", "topk_from_logits"]
+
+
+def topk_from_logits(logits, k: int) -> TopK:
+    """The sparse form of full teacher logits (..., V): ``TopK.from_logits``."""
+    return TopK.from_logits(logits, k)
 
 
 def build_objective(cfg) -> Objective:

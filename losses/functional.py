@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 from losses.divergences import DivergenceParams
 from losses.fused import chunked_linear_loss
-from losses.sparse import TopK
-from losses.terms import TeacherInput, TermSpec, token_terms
+from losses.outputs import TeacherOutput, as_output
+from losses.terms import TermSpec, token_terms
 
 Tensor = torch.Tensor
 
@@ -20,16 +20,15 @@ def _spec(kind: str, temperature: float, beta: float, skew: float, head_mass: fl
                     need_ce=False)
 
 
-def _flat_terms(student_logits: Tensor, teacher: Tensor | TopK, labels: Tensor,
+def _flat_terms(student_logits: Tensor, teacher: Tensor | TeacherOutput, labels: Tensor,
                 spec: TermSpec):
     """token_terms over (..., V) inputs flattened to (tokens, V)."""
-    flat_teacher = teacher.reshape_tokens() if isinstance(teacher, TopK) else \
-        teacher.reshape(-1, teacher.shape[-1])
-    return token_terms(student_logits.reshape(-1, student_logits.shape[-1]), flat_teacher,
-                       labels.reshape(-1), spec)
+    flat_teacher = as_output(teacher).flatten()
+    return token_terms(student_logits.reshape(-1, student_logits.shape[-1]),
+                       flat_teacher.rows(slice(None)), labels.reshape(-1), spec)
 
 
-def per_token_divergence(student_logits: Tensor, teacher: Tensor | TopK, kind: str = "forward_kl",
+def per_token_divergence(student_logits: Tensor, teacher: Tensor | TeacherOutput, kind: str = "forward_kl",
                          temperature: float = 1.0, beta: float = 0.5, skew: float = 0.1,
                          head_mass: float = 0.5) -> Tensor:
     """The divergence at every position: logits (..., V) -> (...)."""
@@ -39,13 +38,14 @@ def per_token_divergence(student_logits: Tensor, teacher: Tensor | TopK, kind: s
     return _flat_terms(student_logits, teacher, labels, spec).kd.reshape(shape)
 
 
-def divergence(student_logits: Tensor, teacher: Tensor | TopK, labels: Tensor,
+def divergence(student_logits: Tensor, teacher: Tensor | TeacherOutput, labels: Tensor,
                kind: str = "forward_kl", temperature: float = 1.0, beta: float = 0.5,
                skew: float = 0.1, ignore_index: int = -100, head_mass: float = 0.5) -> Tensor:
     """Mean over positions whose label is not ``ignore_index`` (0 when there are none) of
     the divergence between softmax(teacher / T) and softmax(student / T).
 
-    student_logits: (..., V); teacher: logits (..., V) or a :class:`TopK`; labels: (...),
+    student_logits: (..., V); teacher: logits (..., V), a :class:`TopK` or any teacher
+    output (``losses.outputs``); labels: (...),
     aligned with the logits. No T^2 factor: the objective applies it.
     """
     spec = _spec(kind, temperature, beta, skew, head_mass, ignore_index)
@@ -53,7 +53,8 @@ def divergence(student_logits: Tensor, teacher: Tensor | TopK, labels: Tensor,
     return terms.kd.sum() / terms.valid.sum().clamp(min=1)
 
 
-def fused_divergence(student_hidden: Tensor, student_head_weight: Tensor, teacher: TeacherInput,
+def fused_divergence(student_hidden: Tensor, student_head_weight: Tensor,
+                     teacher: Tensor | tuple[Tensor, Tensor] | TeacherOutput,
                      labels: Tensor, kind: str = "forward_kl", temperature: float = 1.0,
                      beta: float = 0.5, skew: float = 0.1, ignore_index: int = -100,
                      head_mass: float = 0.5, chunk_size: int = 256) -> Tensor:
@@ -67,8 +68,8 @@ def fused_divergence(student_hidden: Tensor, student_head_weight: Tensor, teache
         terms = token_terms(logits, teacher_rows, chunk_labels, spec)
         return terms.kd.sum(), terms.valid.sum().float().unsqueeze(0)
 
-    total, count = chunked_linear_loss(student_hidden, student_head_weight, labels, teacher,
-                                       chunk_fn, chunk_size)
+    total, count = chunked_linear_loss(student_hidden, student_head_weight, labels,
+                                       as_output(teacher), chunk_fn, chunk_size)
     return total / count[0].clamp(min=1)
 
 

@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from losses.terms import TeacherInput, flatten_teacher, teacher_rows
+from losses.outputs import TeacherOutput
 
 Tensor = torch.Tensor
 # (student_logits (n, V), teacher rows, labels (n,)) -> (loss scalar, stats (k,))
@@ -40,7 +40,8 @@ class _ChunkedLinearLoss(torch.autograd.Function):
             # instead of one extra (vocab x hidden) pass per chunk.
             logits = (h @ weight.to(h.dtype).t()).requires_grad_()  # (n, V)
             with torch.enable_grad():
-                loss, chunk_stats = chunk_fn(logits, teacher_rows(teacher, rows), labels[rows])
+                loss, chunk_stats = chunk_fn(logits, None if teacher is None else teacher.rows(rows),
+                                               labels[rows])
                 (grad_logits,) = torch.autograd.grad(loss, [logits])
             total += loss.detach().float()
             del logits, loss  # free the chunk's logits before its gradient's two matmuls
@@ -64,23 +65,28 @@ class _ChunkedLinearLoss(torch.autograd.Function):
 
 
 def chunked_linear_loss(hidden: Tensor, head_weight: Tensor, labels: Tensor,
-                        teacher: TeacherInput, chunk_fn: ChunkFn,
+                        teacher: TeacherOutput | None, chunk_fn: ChunkFn,
                         chunk_size: int = 256) -> tuple[Tensor, Tensor]:
     """Sum of ``chunk_fn`` over token chunks with logits = hidden @ head_weight.T.
 
-    hidden: (..., H); head_weight: (V, H); labels: (...); teacher: logits (..., V), TopK
-    or a (teacher_hidden (..., H_t), teacher_head (V, H_t)) pair. Returns (loss, stats).
+    hidden: (..., H); head_weight: (V, H); labels: (...); teacher: any teacher output of
+    the same leading shape, or None. Returns (loss, stats).
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     flat_hidden = hidden.reshape(-1, hidden.shape[-1])  # (tokens, H)
     return _ChunkedLinearLoss.apply(flat_hidden, head_weight, labels.reshape(-1),
-                                    flatten_teacher(teacher), chunk_fn, chunk_size)
+                                    _flatten(teacher), chunk_fn, chunk_size)
 
 
-def plain_loss(student_logits: Tensor, labels: Tensor, teacher: TeacherInput,
+def plain_loss(student_logits: Tensor, labels: Tensor, teacher: TeacherOutput | None,
                chunk_fn: ChunkFn) -> tuple[Tensor, Tensor]:
     """The same sum over all tokens at once, on materialised logits (..., V)."""
-    flat_teacher = flatten_teacher(teacher)
+    flat_teacher = _flatten(teacher)
     return chunk_fn(student_logits.reshape(-1, student_logits.shape[-1]),
-                    teacher_rows(flat_teacher, slice(None)), labels.reshape(-1))
+                    None if flat_teacher is None else flat_teacher.rows(slice(None)),
+                    labels.reshape(-1))
+
+
+def _flatten(teacher: TeacherOutput | None) -> TeacherOutput | None:
+    return None if teacher is None else teacher.flatten()

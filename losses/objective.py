@@ -22,7 +22,8 @@ from losses.adaptive import ADAPTIVE, make_strategy
 from losses.divergences import DivergenceParams
 from losses.fused import chunked_linear_loss, plain_loss
 from losses.schedules import Schedule
-from losses.terms import TeacherInput, TermSpec, token_terms
+from losses.outputs import HiddenStates, ModelOutput, TeacherOutput, as_output
+from losses.terms import TermSpec, token_terms
 
 Tensor = torch.Tensor
 # Order of the per-chunk statistics the objective sums.
@@ -75,12 +76,13 @@ class Objective(nn.Module):
             values["router_aux_weight"] = self.router_aux_weight(step)
         return values
 
-    def forward(self, student: Tensor | tuple[Tensor, Tensor], teacher: TeacherInput,
+    def forward(self, student: ModelOutput, teacher: TeacherOutput | None,
                 labels: Tensor, step: int, step_tokens: int | Tensor,
                 router_aux: Tensor | None = None) -> LossTerms:
-        """student: logits (..., V) or (hidden (..., H), head_weight (V, H)) for the fused
-        path; teacher: logits (..., V), TopK, a (hidden, head_weight) pair, or None for a
-        hard-target-only loss; labels: (...)."""
+        """student: its Logits, or its HiddenStates for the fused path; teacher: any
+        teacher output of the same leading shape, or None for a hard-target-only loss;
+        labels: (...). Plain tensors and (hidden, head) pairs are accepted too."""
+        student, teacher = as_output(student), as_output(teacher)
         s = self.scalars(step)
         spec = TermSpec(kind=self.divergence, temperature=s["temperature"],
                         params=DivergenceParams(beta=s.get("beta", 0.5), skew=self.skew,
@@ -104,12 +106,11 @@ class Objective(nn.Module):
                                  (hard_w * valid).sum(), (soft_w * valid).sum(), valid.sum()])
             return loss, stats.detach()
 
-        if isinstance(student, tuple):
-            hidden, head_weight = student
-            total, stats = chunked_linear_loss(hidden, head_weight, labels, teacher, chunk_fn,
-                                               self.chunk_size)
+        if isinstance(student, HiddenStates):  # the fused path: logits chunk by chunk
+            total, stats = chunked_linear_loss(student.hidden, student.head, labels, teacher,
+                                               chunk_fn, self.chunk_size)
         else:
-            total, stats = plain_loss(student, labels, teacher, chunk_fn)
+            total, stats = plain_loss(student.logits, labels, teacher, chunk_fn)
         stats = dict(zip(_STATS, (stats / denominator.to(stats.device)).unbind()))
         share = stats["tokens"]  # this micro-batch's share of the step's valid tokens
         total = total + self.strategy.extra_loss(stats, share, s["temperature"])

@@ -1,4 +1,5 @@
-"""Sparse teacher outputs: the teacher's top-k log-probabilities plus a tail bucket.
+"""The math of sparse teacher outputs (``losses.outputs.TopK``): the teacher's top-k
+log-probabilities plus a tail bucket.
 
 A teacher (or a cache of one) may keep only its k most likely tokens per position. The
 probability outside them is not renormalised away: it becomes one extra bucket, and the
@@ -17,37 +18,13 @@ m^(1 - 1/T) and push the student to starve its tail.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
 Tensor = torch.Tensor
 
 
-@dataclass
-class TopK:
-    """log_probs, indices: (..., k); log_tail: (...), the log of the mass outside the top-k
-    (-inf when there is none). Log-probabilities are normalised over the full vocabulary."""
-
-    log_probs: Tensor
-    indices: Tensor
-    log_tail: Tensor
-
-    @property
-    def shape(self) -> torch.Size:
-        return self.indices.shape[:-1]
-
-    def reshape_tokens(self) -> "TopK":
-        """Flatten the leading dims: (tokens, k) and (tokens,)."""
-        k = self.indices.shape[-1]
-        return TopK(self.log_probs.reshape(-1, k), self.indices.reshape(-1, k),
-                    self.log_tail.reshape(-1))
-
-    def __getitem__(self, rows) -> "TopK":
-        return TopK(self.log_probs[rows], self.indices[rows], self.log_tail[rows])
-
-
-def _masked_logsumexp(values: Tensor, indices: Tensor) -> Tensor:
+def masked_logsumexp(values: Tensor, indices: Tensor) -> Tensor:
     """logsumexp over the last dim, leaving out ``indices``: (..., V), (..., k) -> (...).
 
     An empty remainder gives -inf with a zero gradient (torch.logsumexp's backward is NaN
@@ -62,29 +39,24 @@ def _masked_logsumexp(values: Tensor, indices: Tensor) -> Tensor:
                        torch.full_like(total, float("-inf")))
 
 
-def topk_from_logits(logits: Tensor, k: int) -> TopK:
-    """The sparse form of full teacher logits (..., V): exact tail mass, float32."""
-    log_probs = torch.log_softmax(logits.float(), dim=-1)
-    top_values, top_indices = log_probs.topk(min(k, logits.shape[-1]), dim=-1)
-    return TopK(top_values, top_indices, _masked_logsumexp(log_probs, top_indices))
-
-
-def fold(student_log_probs: Tensor, teacher: TopK, temperature: float) -> tuple[Tensor, Tensor]:
+def fold(student_log_probs: Tensor, log_probs: Tensor, indices: Tensor, log_tail: Tensor,
+         temperature: float) -> tuple[Tensor, Tensor]:
     """Both sides as log-distributions over the teacher's k tokens plus the tail bucket.
 
-    student_log_probs: (n, V) at temperature ``temperature``; teacher: (n, k) entries at
-    temperature 1. Returns (log_q, log_p), each (n, k + 1), at temperature ``temperature``.
+    student_log_probs: (n, V) at temperature ``temperature``; the teacher's top-k
+    ``log_probs`` and ``indices`` (n, k) and ``log_tail`` (n,) at temperature 1. Returns
+    (log_q, log_p), each (n, k + 1), at temperature ``temperature``.
     """
-    q_top = student_log_probs.gather(-1, teacher.indices)
-    q_tail = _masked_logsumexp(student_log_probs, teacher.indices)
+    q_top = student_log_probs.gather(-1, indices)
+    q_tail = masked_logsumexp(student_log_probs, indices)
     log_q = torch.cat([q_top, q_tail.unsqueeze(-1)], dim=-1)
-    tail_tokens = student_log_probs.shape[-1] - teacher.indices.shape[-1]
-    log_tail = teacher.log_tail.float()
+    tail_tokens = student_log_probs.shape[-1] - indices.shape[-1]
+    log_tail = log_tail.float()
     if tail_tokens > 0 and temperature != 1.0:  # uniform-tail tempering (module docstring)
         log_m = math.log(tail_tokens)
         log_tail = (log_tail - log_m) / temperature + log_m
     else:
         log_tail = log_tail / temperature
-    tempered = torch.cat([teacher.log_probs.float() / temperature, log_tail.unsqueeze(-1)], dim=-1)
+    tempered = torch.cat([log_probs.float() / temperature, log_tail.unsqueeze(-1)], dim=-1)
     log_p = torch.log_softmax(tempered, dim=-1)
     return log_q, log_p

@@ -41,7 +41,7 @@ def main() -> None:
     _run(out, "teacher", **{"teacher.kind": "none", "train.max_steps": 30,
                             "train.checkpoint_every": 0})
     teacher = str(out / "teacher" / "student")
-    common = {"teacher.kind": "hf", "teacher.name_or_path": teacher, "data.tokenizer": teacher,
+    common = {"teacher.kind": "hf", "teacher.hf.name_or_path": teacher, "data.tokenizer": teacher,
               "train.max_steps": 8, "train.grad_accum_steps": 2, "train.eval_every": 4,
               "train.checkpoint_every": 0}
     off = _run(out, "off", **common, **{"teacher.prefetch": "off"})

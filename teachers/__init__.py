@@ -1,55 +1,67 @@
-"""Teachers: where the soft targets come from. Knows nothing of losses or schedules.
+"""Teachers: where the soft targets come from. Knows nothing of the training loop.
 
-Public interface: ``Teacher`` (the protocol), ``TeacherOutput``, ``TEACHERS`` (name ->
-factory), ``build``.
+Public interface: ``Teacher`` (the contract, ``teachers.base``), ``MicroBatch``,
+``TeacherSetup``, ``Placement``, ``TEACHERS`` (kind name -> :class:`TeacherKind`),
+``build`` and ``check``; ``lm_outputs`` and ``LMWithObjective`` (``teachers.forward``),
+shared with the student.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
-from teachers.base import NoTeacher, Teacher, TeacherOutput
+from teachers import cached, codistill, hf
+from teachers.base import MicroBatch, NoTeacher, Placement, Teacher, TeacherSetup
 from teachers.cached import CachedTeacher
 from teachers.codistill import CodistillTeacher
+from teachers.forward import LMWithObjective, lm_outputs
 from teachers.hf import HFTeacher
-from teachers.prefetch import TeacherPrefetch
 
-__all__ = ["TEACHERS", "CachedTeacher", "CodistillTeacher", "HFTeacher", "NoTeacher", "Teacher",
-           "TeacherOutput", "TeacherPrefetch", "build"]
-
-
-def _codistill(cfg, *, model_config, make_optimizer, efficient_moe, cache_root) -> Teacher:
-    import students
-
-    model = students.build_model(model_config, efficient_moe)
-    return CodistillTeacher(model, *make_optimizer(model, cfg.lr),
-                            snapshot_every=cfg.snapshot_every, mutual=cfg.mutual_weight > 0)
+__all__ = ["TEACHERS", "CachedTeacher", "CodistillTeacher", "HFTeacher", "LMWithObjective",
+           "MicroBatch", "NoTeacher", "Placement", "Teacher", "TeacherKind", "TeacherSetup",
+           "build", "check", "lm_outputs"]
 
 
-def _hf(cfg, *, model_config, make_optimizer, efficient_moe, cache_root) -> Teacher:
-    return HFTeacher(cfg.name_or_path, cfg.dtype, cfg.device_map, efficient_moe, cfg.shard)
+@dataclass(frozen=True)
+class TeacherKind:
+    """One entry of the registry: how a kind is built from the recipe's teacher section
+    and how that section is checked for it (ValueError naming the recipe key)."""
+
+    summary: str
+    build: Callable[[Any, TeacherSetup], Teacher]
+    check: Callable[[Any], None]
+    sections: tuple[str, ...]  # the teacher.* sub-sections it reads
+    has_weights: bool          # a student can be initialised from it (init: from_teacher)
 
 
-def _cached(cfg, *, model_config, make_optimizer, efficient_moe, cache_root) -> Teacher:
-    root = Path(cfg.cache_dir) if cfg.cache_dir else Path(cache_root) / "teacher-outputs"
-    return CachedTeacher(cfg.name_or_path, cfg.top_k, root, cfg.cache_batch_size, cfg.dtype,
-                         cfg.device_map, efficient_moe)
+def _check_none(cfg) -> None:
+    if cfg.prefetch == "on":
+        raise ValueError("teacher.prefetch: 'on' needs a frozen teacher; kind 'none' has no "
+                         "teacher to run ahead. Use 'auto' or 'off'.")
 
 
-def _none(cfg, **_) -> Teacher:
-    return NoTeacher()
+TEACHERS: dict[str, TeacherKind] = {
+    "codistill": TeacherKind(
+        "built from `teacher.codistill.model` and trained on the hard targets alongside the "
+        "student", codistill.build, codistill.check, ("codistill",), has_weights=True),
+    "hf": TeacherKind(
+        "a frozen causal LM loaded with `from_pretrained(teacher.hf.name_or_path)`",
+        hf.build, hf.check, ("hf",), has_weights=True),
+    "cached": TeacherKind(
+        "the `hf` teacher's top-k outputs computed once over the training data, stored on "
+        "disk and reused", cached.build, cached.check, ("hf", "cached"), has_weights=True),
+    "none": TeacherKind(
+        "no teacher (hard targets only, e.g. to pretrain a teacher)",
+        lambda cfg, setup: NoTeacher(), _check_none, (), has_weights=False),
+}
 
 
-TEACHERS: dict[str, Callable[..., Teacher]] = {
-    "codistill": _codistill, "hf": _hf, "cached": _cached, "none": _none}
+def build(cfg, setup: TeacherSetup) -> Teacher:
+    """The teacher named by ``cfg.kind`` (a recipe's teacher section)."""
+    return TEACHERS[cfg.kind].build(cfg, setup)
 
 
-def build(cfg, *, model_config, make_optimizer, efficient_moe: bool = True,
-          cache_root: str | Path = ".") -> Teacher:
-    """The teacher named by ``cfg.kind``. ``model_config`` is the transformers config a
-    teacher built from scratch uses; ``make_optimizer(model, lr)`` returns the
-    (optimizer, LR scheduler) pair of a teacher that trains; ``cache_root`` is where a
-    cached teacher keeps its outputs unless ``cfg.cache_dir`` says otherwise."""
-    return TEACHERS[cfg.kind](cfg, model_config=model_config, make_optimizer=make_optimizer,
-                              efficient_moe=efficient_moe, cache_root=cache_root)
+def check(cfg) -> None:
+    """Check the recipe's teacher section for its kind; ValueError names the key."""
+    TEACHERS[cfg.kind].check(cfg)

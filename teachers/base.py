@@ -1,58 +1,124 @@
-"""The interface the training loop calls on every teacher."""
+"""The contract every teacher kind implements, and the loop calls without knowing the kind.
+
+A teacher's life in a run:
+
+1. ``build``: the kind's factory makes it from its recipe section and a
+   :class:`TeacherSetup` (the run's facts: vocabulary, where caches live, how to make an
+   optimizer). Nothing is set on it from outside afterwards.
+2. ``prepare(placement)``: once, after the student is prepared: place it on the device,
+   shard it, fill its cache, or prepare its own module and optimizer.
+3. ``outputs(batch)``: for every micro-batch, what the student learns from (a
+   :class:`~losses.outputs.TeacherOutput`, or None without a teacher). A teacher that
+   trains runs its own forward and backward here.
+4. After the step's backward: ``step_terms()`` (what it logs), then ``optimizer_step`` or,
+   when the loop skips the step, ``discard_step``.
+5. At the end, ``trained_model()``: a model the run trained besides the student, saved
+   beside it; None for a frozen teacher.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol, Union
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
-from losses import TopK
+from losses.outputs import ModelOutput, TeacherOutput
 
-# What a teacher hands the loss: full logits (batch, seq, V); its final hidden states
-# (batch, seq, H) with its output head (V, H) for the memory-bounded fused path; or sparse
-# top-k log-probabilities with a tail bucket (a cache).
-TeacherOutput = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor], TopK]
+Tensor = torch.Tensor
 
 
-class Teacher(Protocol):
-    """Where the soft targets come from.
+@dataclass(frozen=True, eq=False)
+class MicroBatch:
+    """One forward pass's worth of the training data (compared by identity)."""
 
-    A frozen teacher (``trains`` false) answers ``outputs`` without gradients. A teacher
-    that trains (codistillation) also carries its ``optimizer`` and ``scheduler``; the loop
-    then runs its ``model`` with a hard-target objective beside the student and steps it.
-    ``vocab_size`` is the number of rows of its output head (None for no teacher).
-    ``runs_ahead`` says whether ``outputs`` may be called for the next micro-batch from a
-    worker thread while the student trains (``teacher.prefetch``): frozen, and its forward
-    runs no collectives.
-    """
-
-    trains: bool
-    runs_ahead: bool
-    vocab_size: int | None
-    model: torch.nn.Module | None
-    optimizer: torch.optim.Optimizer | None
-    scheduler: object | None
-
-    def prepare(self, accelerator, train_blocks: torch.Tensor) -> None:
-        """Place the teacher (or fill its cache over ``train_blocks``); called once."""
-
-    def outputs(self, batch: dict[str, torch.Tensor], hidden: bool) -> TeacherOutput | None:
-        """Outputs for a micro-batch (``input_ids``, ``labels``, ``block_indices``);
-        (hidden, head) when ``hidden`` is true and the teacher can give them."""
+    input_ids: Tensor      # (batch, seq)
+    labels: Tensor         # (batch, seq); -100 where there is no target
+    block_indices: Tensor  # (batch,) rows of the training blocks (a cache reads by them)
+    step: int = 0          # the optimizer step it belongs to (0-based)
+    step_tokens: int = 1   # valid targets of that whole step: all micro-batches and processes
 
 
-class NoTeacher:
-    """``kind: none``: hard targets only (pretraining a teacher, or a baseline)."""
+@dataclass(frozen=True)
+class TeacherSetup:
+    """The run's facts a teacher kind may read when it is built; each reads what it needs."""
 
-    trains = False
-    runs_ahead = False  # nothing to run
-    vocab_size = None
-    model = None
-    optimizer = None
-    scheduler = None
+    vocab_rows: int                  # the shared vocabulary: output rows the loss compares
+    efficient_moe: bool = True       # Llama 4 MoE layers through the routed-tokens forward
+    cache_root: Path = Path(".")     # the data cache, default home of cached outputs
+    # A recipe model section -> its transformers config, sized to the tokenizer.
+    model_config: Callable[[Any], Any] | None = None
+    # (model, peak learning rate) -> (optimizer, LR scheduler), as the student gets them.
+    make_optimizer: Callable[[torch.nn.Module, float], tuple[Any, Any]] | None = None
+    chunk_size: int = 256            # tokens per chunk of the fused loss
+    max_grad_norm: float = 1.0       # gradient clipping of a model that trains
 
-    def prepare(self, accelerator, train_blocks: torch.Tensor) -> None:
+
+@dataclass
+class Placement:
+    """What ``prepare`` gets: the accelerator, the training blocks (a cache is filled over
+    them), whether the loss takes hidden states (``hidden``: answer with
+    :class:`~losses.outputs.HiddenStates` where the model has a plain head), and the
+    student's own outputs for a batch of input ids, without gradients (mutual learning)."""
+
+    accelerator: Any
+    train_blocks: Tensor                                   # (blocks, block_size + 1)
+    hidden: bool = False
+    student_outputs: Callable[[Tensor], ModelOutput] | None = None
+
+
+class Teacher(abc.ABC):
+    """Where the soft targets come from. Subclasses set the attributes below in their
+    constructor and implement ``outputs`` and ``describe``; a teacher that trains also
+    implements the training hooks, which are no-ops for a frozen one."""
+
+    name_or_path: str | None = None  # a pretrained checkpoint (its tokenizer is checked)
+    config: Any = None               # its transformers config; None without a model
+    vocab_size: int | None = None    # rows of its output head; None without a model
+    runs_ahead: bool = False         # outputs may be computed a micro-batch early, in a
+    #                                  worker thread: frozen, and no collectives
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """One line for logs and model cards: what this teacher is."""
+
+    def prepare(self, placement: Placement) -> None:
+        """Place the teacher (or fill its cache, or prepare what it trains); called once."""
+
+    @abc.abstractmethod
+    def outputs(self, batch: MicroBatch) -> TeacherOutput | None:
+        """What the student learns from for ``batch``, cut to the shared vocabulary."""
+
+    def load_weights(self) -> torch.nn.Module:
+        """The teacher's causal LM, loaded if it is not in memory (a student initialised
+        ``from_teacher`` copies from it). Raises ValueError for a teacher without one."""
+        raise ValueError(f"{self.describe()} has no weights to copy")
+
+    # ---- a teacher that trains (no-ops for a frozen one)
+
+    def step_terms(self) -> dict[str, Tensor]:
+        """This process's share of the teacher's logged terms over the step's micro-batches
+        so far (e.g. ``teacher_ce``); starts the next step's."""
+        return {}
+
+    def optimizer_step(self, step: int) -> None:
+        """Step its optimizer and schedule after optimizer step ``step`` (1-based)."""
+
+    def discard_step(self) -> None:
+        """Drop the step's gradients (the loop skipped the step)."""
+
+    def trained_model(self) -> torch.nn.Module | None:
+        """A model this run trains besides the student (evaluated and saved like it)."""
         return None
 
-    def outputs(self, batch: dict[str, torch.Tensor], hidden: bool) -> None:
+
+class NoTeacher(Teacher):
+    """``kind: none``: hard targets only (pretraining a teacher, or a baseline)."""
+
+    def describe(self) -> str:
+        return "none: trained on the data's next tokens alone"
+
+    def outputs(self, batch: MicroBatch) -> None:
         return None

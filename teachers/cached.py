@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from losses import TopK, topk_from_logits
+from losses.outputs import TopK
+from teachers.base import MicroBatch, Placement, Teacher, TeacherSetup
 from teachers.hf import HFTeacher
 
 CACHE_VERSION = 1
@@ -66,51 +67,52 @@ def data_fingerprint(train_blocks: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
-class CachedTeacher:
-    """The teacher model is loaded only when the cache has to be filled (or when something
-    asks for ``model``, e.g. a student initialised from the teacher)."""
+class CachedTeacher(Teacher):
+    """Reads the cache; the teacher model is loaded only to fill it (on the main process)
+    or when a student is initialised from its weights (``load_weights``)."""
 
-    trains = False
     runs_ahead = True  # reads from disk
-    optimizer = None
-    scheduler = None
 
     def __init__(self, name_or_path: str, top_k: int, cache_dir: Path, batch_size: int,
-                 dtype: str = "float32", device_map: str | None = None,
+                 vocab_rows: int, dtype: str = "float32", device_map: str | None = None,
                  efficient_moe: bool = True) -> None:
         from transformers import AutoConfig
 
         self.name_or_path = name_or_path
         self.config = AutoConfig.from_pretrained(name_or_path)
-        self.vocab_size = int(self.config.vocab_size)
+        # The text model's vocabulary for a multimodal checkpoint (what the hf teacher runs).
+        text = self.config.get_text_config() if hasattr(self.config, "get_text_config") \
+            else self.config
+        self.vocab_size = int(text.vocab_size)
         self.top_k = top_k
+        self.vocab_rows = vocab_rows  # padding rows past the tokenizer are not tokens
         self.cache_root = Path(cache_dir)
         self.batch_size = batch_size
-        self.vocab_limit: int | None = None  # set by the loop when the vocabulary is padded
-        self._load = lambda: HFTeacher(name_or_path, dtype, device_map, efficient_moe)
-        self._teacher: HFTeacher | None = None
+        self._load = lambda: HFTeacher(name_or_path, vocab_rows, dtype, device_map,
+                                       efficient_moe=efficient_moe)
         self.path: Path | None = None
         self.rebuilt = False  # whether this run filled the cache (for logs and tests)
         self._arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self.device: torch.device | None = None
 
-    @property
-    def model(self) -> torch.nn.Module:
-        if self._teacher is None:
-            self._teacher = self._load()
-        return self._teacher.model
+    def describe(self) -> str:
+        return f"`{self.name_or_path}` (frozen, its cached top-{self.top_k} outputs)"
+
+    def load_weights(self) -> torch.nn.Module:
+        return self._load().model
 
     def _expected_meta(self, train_blocks: torch.Tensor) -> dict:
         return {"version": CACHE_VERSION,
                 "teacher": teacher_fingerprint(self.name_or_path, self.config),
                 "data": data_fingerprint(train_blocks),
-                "top_k": min(self.top_k, self.vocab_limit or self.vocab_size),
+                "top_k": min(self.top_k, self.vocab_rows),
                 "dtype": str(getattr(self.config, "dtype", None)),
-                "vocab_limit": self.vocab_limit,
+                "vocab_limit": self.vocab_rows,
                 "shape": [int(train_blocks.shape[0]), int(train_blocks.shape[1]) - 1]}
 
-    def prepare(self, accelerator, train_blocks: torch.Tensor) -> None:
+    def prepare(self, placement: Placement) -> None:
         """Open the cache for these blocks, filling it first when it is absent or stale."""
+        accelerator, train_blocks = placement.accelerator, placement.train_blocks
         self.device = accelerator.device
         expected = self._expected_meta(train_blocks)
         key = hashlib.sha256(json.dumps(expected, sort_keys=True).encode()).hexdigest()[:20]
@@ -118,12 +120,10 @@ class CachedTeacher:
         with accelerator.main_process_first():  # the main process fills, the others read
             if not self._open(expected):
                 if accelerator.is_main_process:
-                    if self._teacher is None:
-                        self._teacher = self._load()
-                    self._teacher.prepare(accelerator, train_blocks)
-                    self._fill(train_blocks, expected)
-                    self.rebuilt = True
-                    self._teacher = None  # the cache is all later steps need
+                    teacher = self._load()
+                    teacher.prepare(Placement(accelerator, train_blocks))
+                    self._fill(teacher, train_blocks, expected)
+                    self.rebuilt = True  # the teacher goes: the cache is all later steps need
                 if not self._open(expected):
                     raise RuntimeError(f"teacher cache {self.path} could not be read back")
 
@@ -146,7 +146,7 @@ class CachedTeacher:
         return True
 
     @torch.no_grad()
-    def _fill(self, train_blocks: torch.Tensor, meta: dict) -> None:
+    def _fill(self, teacher: HFTeacher, train_blocks: torch.Tensor, meta: dict) -> None:
         if self.path.exists():
             print(f"teacher cache {self.path} is stale or incomplete; rebuilding it")
             shutil.rmtree(self.path, ignore_errors=True)
@@ -160,10 +160,8 @@ class CachedTeacher:
         log_tail = open_array(staging / "log_tail.npy", "w+", np.float32, (blocks, length))
         for start in range(0, blocks, self.batch_size):
             rows = slice(start, start + self.batch_size)
-            logits = self._teacher.outputs({"input_ids": train_blocks[rows, :-1]}, hidden=False)
-            if self.vocab_limit is not None:
-                logits = logits[..., : self.vocab_limit]  # padding rows are not tokens
-            sparse = topk_from_logits(logits, k)
+            logits = teacher.answer(train_blocks[rows, :-1], hidden=False).logits  # (b, s, V)
+            sparse = TopK.from_logits(logits, k)
             log_probs[rows] = sparse.log_probs.cpu().numpy()
             indices[rows] = sparse.indices.cpu().numpy()
             log_tail[rows] = sparse.log_tail.cpu().numpy()
@@ -172,9 +170,27 @@ class CachedTeacher:
         (staging / "meta.json").write_text(json.dumps(meta, sort_keys=True))
         os.replace(staging, self.path)
 
-    def outputs(self, batch: dict[str, torch.Tensor], hidden: bool) -> TopK:
-        rows = batch["block_indices"].cpu().numpy()
+    def outputs(self, batch: MicroBatch) -> TopK:
+        rows = batch.block_indices.cpu().numpy()
         log_probs, indices, log_tail = (torch.from_numpy(np.ascontiguousarray(a[rows]))
                                         for a in self._arrays)
         return TopK(log_probs.to(self.device), indices.long().to(self.device),
                     log_tail.to(self.device))
+
+
+def build(cfg, setup: TeacherSetup) -> CachedTeacher:
+    hf, cached = cfg.hf, cfg.cached
+    root = Path(cached.cache_dir) if cached.cache_dir else Path(setup.cache_root) / "teacher-outputs"
+    return CachedTeacher(hf.name_or_path, cached.top_k, root, cached.batch_size,
+                         setup.vocab_rows, hf.dtype, hf.device_map, setup.efficient_moe)
+
+
+def check(cfg) -> None:
+    """``kind: cached``: the hf section names the teacher that fills the cache."""
+    if not cfg.hf.name_or_path:
+        raise ValueError("teacher.hf.name_or_path: kind 'cached' needs the checkpoint "
+                         "directory or hub name of the teacher whose outputs are cached.")
+    if cfg.hf.shard:
+        raise ValueError("teacher.hf.shard: a cached teacher is filled by one process; "
+                         "sharding applies to kind 'hf' (use teacher.hf.device_map to "
+                         "spread a large teacher while it fills the cache).")

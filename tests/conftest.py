@@ -30,7 +30,7 @@ def tiny_overrides(output_dir: Path, cache_dir: Path, **extra: object) -> list[s
         "train.max_steps": 12, "train.micro_batch_size": 4, "train.eval_every": 6,
         "train.eval_batches": 2, "train.checkpoint_every": 6, "train.warmup_steps": 2, "train.lr": 0.01,
     }
-    for prefix in ("student.overrides", "teacher.model.overrides"):
+    for prefix in ("student.overrides", "teacher.codistill.model.overrides"):
         values.update({f"{prefix}.{k}": v for k, v in TINY_MODEL.items()})
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]

@@ -77,8 +77,8 @@ def test_table_verdict_and_plot_from_known_metrics(tmp_path: Path):
 
 def _compare_recipe(tmp_path: Path, teacher: Path) -> Path:
     recipe = yaml.safe_load(Path(QUICKSTART).read_text())
-    recipe["teacher"] = {"kind": "hf", "name_or_path": str(teacher),
-                         "cache_dir": str(tmp_path / "teacher-cache")}
+    recipe["teacher"] = {"kind": "hf", "hf": {"name_or_path": str(teacher)},
+                         "cached": {"cache_dir": str(tmp_path / "teacher-cache")}}
     recipe["data"]["tokenizer"] = str(teacher)
     recipe["compare"] = {"eval_batches": 1, "variants": [
         {"name": "hard_only", "overrides": {"loss.soft_weight": 0.0}},

@@ -54,6 +54,12 @@ def _reload(recipe: Recipe) -> Recipe:
 
 @pytest.mark.parametrize("override, expected", [
     ("train.max_stesp=5", "unknown key 'train.max_stesp'.*Did you mean 'max_steps'"),
+    # keys of the flat teacher section of earlier versions say where they moved
+    ("teacher.name_or_path=x", "unknown key 'teacher.name_or_path' in 'teacher': it moved to "
+                               "'teacher.hf.name_or_path'"),
+    ("teacher.cache_batch_size=4", "moved to 'teacher.cached.batch_size'"),
+    ("teacher.model.preset=scout-tiny", "moved to 'teacher.codistill.model'"),
+    ("teacher.hf.top_k=4", "unknown key 'teacher.hf.top_k'.*Allowed: name_or_path"),
     ("trian.max_steps=5", "unknown key 'trian'.*Did you mean 'train'"),
     ("train.max_steps=abc", r"train.max_steps: got 'abc' \(str\); expected an integer"),
     ("train.max_steps=0", r"train.max_steps: got 0; must be >= 1"),

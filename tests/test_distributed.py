@@ -67,13 +67,13 @@ def test_two_processes_match_one_and_resume(tmp_path: Path, cache_dir: Path):
 def test_a_sharded_frozen_teacher_trains_the_student_as_a_whole_one_does(
         finished_run: Path, tmp_path: Path, cache_dir: Path):
     teacher_dir = str(finished_run / "student")
-    common = {"teacher.kind": "hf", "teacher.name_or_path": teacher_dir,
+    common = {"teacher.kind": "hf", "teacher.hf.name_or_path": teacher_dir,
               "data.tokenizer": teacher_dir, "train.max_steps": 4, "train.eval_every": 2,
               "train.checkpoint_every": 0, "train.micro_batch_size": 2}
     whole = _torchrun("run", QUICKSTART, *tiny_overrides(tmp_path / "whole", cache_dir, **common))
     assert whole.returncode == 0, whole.stderr[-3000:]
     sharded = _torchrun("run", QUICKSTART, *tiny_overrides(tmp_path / "sharded", cache_dir,
-                                                           **common, **{"teacher.shard": True}))
+                                                           **common, **{"teacher.hf.shard": True}))
     assert sharded.returncode == 0, sharded.stderr[-3000:]
 
     # each process holds half of every decoder layer, plus the unsharded rest
@@ -86,12 +86,12 @@ def test_a_sharded_frozen_teacher_trains_the_student_as_a_whole_one_does(
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"teacher.kind": "cached", "teacher.name_or_path": "x", "teacher.shard": True},
-     r"teacher\.shard: sharding needs kind 'hf'"),
-    ({"teacher.kind": "hf", "teacher.name_or_path": "x", "teacher.shard": True,
-      "teacher.device_map": "auto"}, r"teacher\.shard: choose one of shard .* and device_map"),
-    ({"teacher.kind": "hf", "teacher.name_or_path": "x", "teacher.shard": True,
-      "teacher.prefetch": "on"}, r"teacher\.prefetch: 'on' cannot run with teacher\.shard"),
+    ({"teacher.kind": "cached", "teacher.hf.name_or_path": "x", "teacher.hf.shard": True},
+     r"teacher\.hf\.shard: a cached teacher is filled by one process"),
+    ({"teacher.kind": "hf", "teacher.hf.name_or_path": "x", "teacher.hf.shard": True,
+      "teacher.hf.device_map": "auto"}, r"teacher\.hf\.shard: choose one of shard .* and device_map"),
+    ({"teacher.kind": "hf", "teacher.hf.name_or_path": "x", "teacher.hf.shard": True,
+      "teacher.prefetch": "on"}, r"teacher\.prefetch: 'on' cannot run with teacher\.hf\.shard"),
 ])
 def test_sharding_settings_that_cannot_work_are_refused(settings, message, tmp_path, cache_dir):
     with pytest.raises(UserError, match=message):

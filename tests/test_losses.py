@@ -8,8 +8,7 @@ import pytest
 import torch
 
 import losses
-from distill import config as recipe_config
-from losses import Objective, Schedule, TopK, topk_from_logits
+from losses import HiddenStates, Logits, Objective, Schedule, TopK, topk_from_logits
 from students import router_aux_loss
 
 KINDS = sorted(losses.DIVERGENCES)
@@ -278,15 +277,20 @@ def test_router_aux_loss_by_hand():
     assert router_aux_loss((balanced,), top_k=1).item() == pytest.approx(1.0)
 
 
-def test_recipe_choices_match_the_registries():
-    assert set(recipe_config.DIVERGENCE_KINDS) == set(losses.DIVERGENCES)
-    assert set(recipe_config.SCHEDULE_KINDS) == set(losses.SCHEDULES)
-    assert set(recipe_config.ADAPTIVE_KINDS) == set(losses.ADAPTIVE)
-
-
-def test_topk_shape_helpers():
+def test_output_types_shape_helpers():
     sparse = TopK(torch.zeros(2, 3, 4), torch.zeros(2, 3, 4, dtype=torch.long), torch.zeros(2, 3))
-    assert sparse.shape == (2, 3) and sparse.reshape_tokens().indices.shape == (6, 4)
+    assert sparse.shape == (2, 3) and sparse.flatten().indices.shape == (6, 4)
+    assert sparse.flatten().rows(slice(1, 3)).log_tail.shape == (2,)
+    logits = Logits(torch.randn(2, 3, 10))
+    assert logits.limit_vocab(8).logits.shape == (2, 3, 8)
+    assert logits.flatten().rows(slice(0, 4)).logits.shape == (4, 10)
+    hidden, head = torch.randn(2, 3, 5), torch.randn(10, 5)
+    states = HiddenStates(hidden, head).limit_vocab(8)
+    assert states.head.shape == (8, 5) and states.shape == (2, 3)
+    # a chunk's rows of hidden states are its logits over the kept vocabulary, by hand
+    torch.testing.assert_close(states.flatten().rows(slice(2, 5)).logits,
+                               hidden.reshape(6, 5)[2:5] @ head[:8].t())
+    assert [t.shape for t in states.tensors()] == [(2, 3, 5), (8, 5)]
 
 
 def test_topk_tail_tempering_assumes_a_uniform_tail():

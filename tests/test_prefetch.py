@@ -14,38 +14,39 @@ from distill.checkpoint import complete_checkpoints
 from distill.errors import UserError
 from distill.metrics import read_metrics
 from distill.recipe import load_recipe
+from distill.prefetch import TeacherPrefetch
 from distill.train import run
-from teachers import TeacherPrefetch
+from losses.outputs import Logits
+from teachers import MicroBatch
 from tests.conftest import QUICKSTART, tiny_overrides
 
 
 class _RecordingTeacher:
     """Answers ``input_ids * 2`` and notes the thread that computed each answer."""
 
-    trains = False
-
     def __init__(self, fail_on: int | None = None) -> None:
         self.threads: list[str] = []
         self.fail_on = fail_on
 
-    def outputs(self, batch: dict, hidden: bool) -> torch.Tensor:
+    def outputs(self, batch: MicroBatch) -> Logits:
         self.threads.append(threading.current_thread().name)
-        if self.fail_on is not None and int(batch["input_ids"][0]) == self.fail_on:
+        if self.fail_on is not None and int(batch.input_ids[0]) == self.fail_on:
             raise RuntimeError("teacher failed")
-        return batch["input_ids"] * 2
+        return Logits(batch.input_ids * 2)
 
 
-def _batches(n: int) -> list[dict]:
-    return [{"input_ids": torch.tensor([i])} for i in range(n)]
+def _batches(n: int) -> list[MicroBatch]:
+    return [MicroBatch(torch.tensor([i]), torch.tensor([i]), torch.tensor([i]))
+            for i in range(n)]
 
 
 def test_submitted_batches_are_computed_in_the_worker_and_returned_in_order():
     teacher = _RecordingTeacher()
-    prefetch = TeacherPrefetch(teacher, hidden=False, enabled=True)
+    prefetch = TeacherPrefetch(teacher, enabled=True)
     batches = _batches(4)
     results = []
     for batch, following in zip(batches, [*batches[1:], None]):
-        results.append(int(prefetch.get(batch)))
+        results.append(int(prefetch.get(batch).logits))
         prefetch.submit(following)
     prefetch.close()
     assert results == [0, 2, 4, 6]
@@ -57,18 +58,18 @@ def test_submitted_batches_are_computed_in_the_worker_and_returned_in_order():
 def test_a_batch_not_submitted_is_computed_on_the_spot_and_disabled_never_uses_a_thread():
     teacher = _RecordingTeacher()
     batches = _batches(2)
-    prefetch = TeacherPrefetch(teacher, hidden=False, enabled=True)
+    prefetch = TeacherPrefetch(teacher, enabled=True)
     prefetch.submit(batches[0])
-    assert int(prefetch.get(batches[1])) == 2  # not the one submitted: computed here
+    assert int(prefetch.get(batches[1]).logits) == 2  # not the one submitted: computed here
     prefetch.close()
-    off = TeacherPrefetch(_RecordingTeacher(), hidden=False, enabled=False)
+    off = TeacherPrefetch(_RecordingTeacher(), enabled=False)
     off.submit(batches[0])
-    assert int(off.get(batches[0])) == 0
+    assert int(off.get(batches[0]).logits) == 0
     assert off.teacher.threads == [threading.current_thread().name]
 
 
 def test_a_failure_in_the_worker_is_raised_by_get():
-    prefetch = TeacherPrefetch(_RecordingTeacher(fail_on=1), hidden=False, enabled=True)
+    prefetch = TeacherPrefetch(_RecordingTeacher(fail_on=1), enabled=True)
     batches = _batches(2)
     prefetch.get(batches[0])
     prefetch.submit(batches[1])
@@ -100,7 +101,7 @@ def test_prefetch_trains_exactly_as_without_and_resumes(finished_run: Path, tmp_
 
     def recipe(out: Path, prefetch: str):
         return load_recipe(QUICKSTART, tiny_overrides(out, cache_dir, **{
-            "teacher.kind": "hf", "teacher.name_or_path": teacher_dir,
+            "teacher.kind": "hf", "teacher.hf.name_or_path": teacher_dir,
             "data.tokenizer": teacher_dir, "teacher.prefetch": prefetch,
             "train.max_steps": 6, "train.checkpoint_every": 3, "train.eval_every": 3,
             "train.micro_batch_size": 2, "train.grad_accum_steps": 2}))

@@ -92,11 +92,12 @@ def _nan_teacher(monkeypatch, bad_call: int):
     real = HFTeacher.outputs
     calls = []
 
-    def outputs(self, batch, hidden):
-        out = real(self, batch, hidden)
+    def outputs(self, batch):
+        out = real(self, batch)  # Logits or HiddenStates: the first tensor is per token
         calls.append(1)
         if len(calls) == bad_call:
-            return (out[0] * float("nan"), out[1]) if isinstance(out, tuple) else out * float("nan")
+            first, *rest = out.tensors()
+            return type(out)(first * float("nan"), *rest)
         return out
 
     monkeypatch.setattr(HFTeacher, "outputs", outputs)
@@ -104,7 +105,7 @@ def _nan_teacher(monkeypatch, bad_call: int):
 
 def test_teacher_producing_nan_is_skipped_or_stops(finished_run: Path, tmp_path: Path, cache_dir,
                                                    monkeypatch):
-    teacher = {"teacher.kind": "hf", "teacher.name_or_path": str(finished_run / "student"),
+    teacher = {"teacher.kind": "hf", "teacher.hf.name_or_path": str(finished_run / "student"),
                "data.tokenizer": str(finished_run / "student"), "train.checkpoint_every": 0}
     _nan_teacher(monkeypatch, bad_call=3)
     out = tmp_path / "skip"

@@ -84,7 +84,7 @@ def test_from_teacher_copies_chosen_layers_and_experts():
 def test_from_teacher_end_to_end_writes_its_report(tmp_path: Path, cache_dir: Path):
     out = tmp_path / "run"
     run(_recipe(out, cache_dir, **{"student.init": "from_teacher",
-                                   "teacher.model.overrides.num_hidden_layers": 4}))
+                                   "teacher.codistill.model.overrides.num_hidden_layers": 4}))
     report = json.loads((out / "student_init.json").read_text())
     assert report["teacher_layers"] == [0, 3] and report["copied"]
 
@@ -95,7 +95,7 @@ def test_lora_student_saves_a_peft_adapter(finished_run: Path, tmp_path: Path, c
     run(_recipe(out, cache_dir, **{
         "student.init": "pretrained", "student.name_or_path": str(base),
         "student.peft": "{peft_type: LORA, r: 4, lora_alpha: 8, target_modules: [q_proj, v_proj]}",
-        "teacher.kind": "hf", "teacher.name_or_path": str(base), "data.tokenizer": str(base)}))
+        "teacher.kind": "hf", "teacher.hf.name_or_path": str(base), "data.tokenizer": str(base)}))
     assert (out / "student" / "adapter_config.json").is_file()
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

@@ -3,6 +3,7 @@ snapshots; the shared-vocabulary checks."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -32,12 +33,12 @@ def _val_losses(out: Path) -> list[float]:
 def test_cached_teacher_is_filled_once_reused_and_equals_the_live_teacher(
         finished_run: Path, tmp_path: Path, cache_dir: Path, monkeypatch):
     teacher_dir = str(finished_run / "student")
-    common = {"teacher.name_or_path": teacher_dir, "data.tokenizer": teacher_dir,
-              "teacher.cache_dir": str(tmp_path / "teacher-cache")}
+    common = {"teacher.hf.name_or_path": teacher_dir, "data.tokenizer": teacher_dir,
+              "teacher.cached.cache_dir": str(tmp_path / "teacher-cache")}
     run(_recipe(tmp_path / "live", cache_dir, **{"teacher.kind": "hf", **common}))
     # k = vocabulary: the cached top-k plus an empty tail is the full distribution
     run(_recipe(tmp_path / "cached", cache_dir, **{"teacher.kind": "cached",
-                                                   "teacher.top_k": 512, **common}))
+                                                   "teacher.cached.top_k": 512, **common}))
     assert _val_losses(tmp_path / "cached") == pytest.approx(_val_losses(tmp_path / "live"),
                                                              rel=1e-4)
     caches = [p for p in (tmp_path / "teacher-cache").iterdir() if not p.name.startswith(".")]
@@ -48,10 +49,44 @@ def test_cached_teacher_is_filled_once_reused_and_equals_the_live_teacher(
     def must_not_fill(self, *args):
         raise AssertionError("a valid cache must be reused, not refilled")
 
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("a run over a valid cache must never construct the teacher model")
+
+    # Loading a pretrained teacher in any way goes through this (the student is built from
+    # its config); before the teacher contract, a valid cache still loaded the teacher.
+    from transformers import AutoModelForCausalLM
+
     monkeypatch.setattr(CachedTeacher, "_fill", must_not_fill)
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", must_not_load)
     run(_recipe(tmp_path / "again", cache_dir, **{"teacher.kind": "cached",
-                                                  "teacher.top_k": 512, **common}))
+                                                  "teacher.cached.top_k": 512,
+                                                  "student.init": "random", **common}))
     assert _val_losses(tmp_path / "again") == _val_losses(tmp_path / "cached")
+
+
+def test_a_student_initialised_from_a_cached_teacher_loads_its_weights(
+        finished_run: Path, tmp_path: Path, cache_dir: Path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    teacher_dir = str(finished_run / "student")
+    loaded = []
+    real_load = AutoModelForCausalLM.from_pretrained.__func__
+
+    def recording_load(cls, name_or_path, *args, **kwargs):
+        loaded.append(str(name_or_path))
+        return real_load(cls, name_or_path, *args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(recording_load))
+    out = tmp_path / "init"
+    run(_recipe(out, cache_dir, **{
+        "teacher.kind": "cached", "teacher.hf.name_or_path": teacher_dir,
+        "data.tokenizer": teacher_dir, "teacher.cached.top_k": 16,
+        "teacher.cached.cache_dir": str(tmp_path / "cache"), "student.init": "from_teacher"}))
+    assert loaded.count(teacher_dir) == 2  # once to fill the cache, once for the weights
+    report = json.loads((out / "student_init.json").read_text())
+    # The student has the teacher's shape (the same tiny config): everything is copied.
+    assert report["skipped"] == [] and "model.embed_tokens.weight" in report["copied"]
+    assert len(report["copied"]) == len(students.load_pretrained(teacher_dir).state_dict())
 
 
 def test_stale_or_corrupt_cache_is_rebuilt(finished_run: Path, tmp_path: Path, cache_dir: Path):
@@ -61,9 +96,9 @@ def test_stale_or_corrupt_cache_is_rebuilt(finished_run: Path, tmp_path: Path, c
     from transformers import AutoTokenizer
 
     AutoTokenizer.from_pretrained(finished_run / "student").save_pretrained(teacher_dir)
-    common = {"teacher.kind": "cached", "teacher.name_or_path": str(teacher_dir),
-              "data.tokenizer": str(teacher_dir), "teacher.top_k": 8,
-              "teacher.cache_dir": str(tmp_path / "cache")}
+    common = {"teacher.kind": "cached", "teacher.hf.name_or_path": str(teacher_dir),
+              "data.tokenizer": str(teacher_dir), "teacher.cached.top_k": 8,
+              "teacher.cached.cache_dir": str(tmp_path / "cache")}
     recipe = _recipe(tmp_path / "a", cache_dir, **common)
 
     def cache_teacher(recipe):
@@ -71,13 +106,12 @@ def test_stale_or_corrupt_cache_is_rebuilt(finished_run: Path, tmp_path: Path, c
 
         from distill.corpus import load_corpus
         from distill.data import prepare_data
-        from teachers import build
+        from teachers import Placement, TeacherSetup, build
 
         data = prepare_data(recipe.data, load_corpus(recipe.data))
-        teacher = build(recipe.teacher, model_config=None, make_optimizer=None,
-                        cache_root=tmp_path)
-        teacher.vocab_limit = len(data.tokenizer)
-        teacher.prepare(Accelerator(cpu=True), data.train)
+        teacher = build(recipe.teacher, TeacherSetup(vocab_rows=len(data.tokenizer),
+                                                     cache_root=tmp_path))
+        teacher.prepare(Placement(Accelerator(cpu=True), data.train))
         return teacher
 
     first = cache_teacher(recipe)
@@ -96,7 +130,7 @@ def test_stale_or_corrupt_cache_is_rebuilt(finished_run: Path, tmp_path: Path, c
 
 
 def test_codistill_mutual_and_snapshot_run_and_resume(tmp_path: Path, cache_dir: Path):
-    extra = {"teacher.mutual_weight": 0.5, "teacher.snapshot_every": 3,
+    extra = {"teacher.codistill.mutual_weight": 0.5, "teacher.codistill.snapshot_every": 3,
              "train.max_steps": 6, "train.checkpoint_every": 3}
     run(_recipe(tmp_path / "full", cache_dir, **extra))
     rows = [r for r in read_metrics(tmp_path / "full" / "metrics.jsonl") if "loss" in r]
@@ -112,14 +146,22 @@ def test_codistill_mutual_and_snapshot_run_and_resume(tmp_path: Path, cache_dir:
 
 
 def test_snapshot_refreshes_every_n_steps():
+    from teachers import TeacherSetup
+
     config = students.model_config("scout-tiny", TINY_MODEL, vocab_size=30)
     model = students.build_model(config)
-    teacher = CodistillTeacher(model, None, None, snapshot_every=2)
+
+    def sgd(model, lr):
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+    teacher = CodistillTeacher(model, TeacherSetup(vocab_rows=30, make_optimizer=sgd), lr=0.1,
+                               snapshot_every=2)
     with torch.no_grad():
         model.lm_head.weight.add_(1.0)
-    teacher.after_step(1)
+    teacher.refresh_snapshot(1)
     assert not torch.equal(teacher.snapshot.lm_head.weight, model.lm_head.weight)
-    teacher.after_step(2)
+    teacher.refresh_snapshot(2)
     assert torch.equal(teacher.snapshot.lm_head.weight, model.lm_head.weight)
 
 
@@ -137,7 +179,7 @@ def test_padded_teacher_vocabulary_is_handled(finished_run: Path, tmp_path: Path
     # 520 rows for a 512-token tokenizer: the padding rows are ignored
     teacher = _save_teacher(tmp_path / "padded", 520, finished_run / "student")
     result = run(_recipe(tmp_path / "run", cache_dir, **{
-        "teacher.kind": "hf", "teacher.name_or_path": str(teacher),
+        "teacher.kind": "hf", "teacher.hf.name_or_path": str(teacher),
         "data.tokenizer": str(teacher)}))
     assert result.final_val_loss < result.first_val_loss
 
@@ -147,12 +189,12 @@ def test_vocabulary_mismatches_are_refused_before_training(finished_run, tmp_pat
     with pytest.raises(UserError, match="teacher's output head has 300 rows but the tokenizer "
                                         "has 512 tokens"):
         run(_recipe(tmp_path / "a", cache_dir, **{"teacher.kind": "hf",
-                                                  "teacher.name_or_path": str(small)}))
+                                                  "teacher.hf.name_or_path": str(small)}))
     # same size, different tokenizer: the data's trained BPE is not the teacher's
     other = _save_teacher(tmp_path / "other", 512, finished_run / "student")
     with pytest.raises(UserError, match="teacher's tokenizer .* differs from the data's"):
         run(_recipe(tmp_path / "b", cache_dir, **{"teacher.kind": "hf",
-                                                  "teacher.name_or_path": str(other),
+                                                  "teacher.hf.name_or_path": str(other),
                                                   "data.vocab_size": 511}))
 
 
@@ -178,11 +220,10 @@ def test_hf_teacher_loads_the_text_model_of_a_multimodal_llama4_checkpoint(tmp_p
         text_config=text, vision_config=vision, boi_token_index=60, eoi_token_index=61,
         image_token_index=62))
     full.save_pretrained(tmp_path / "llama4")
-    teacher = HFTeacher(str(tmp_path / "llama4"))
-    teacher.output_device = torch.device("cpu")
+    teacher = HFTeacher(str(tmp_path / "llama4"), vocab_rows=64)
     ids = torch.randint(0, 60, (2, 9))
     with torch.no_grad():
         expected = full(input_ids=ids).logits
-    torch.testing.assert_close(teacher.outputs({"input_ids": ids}, hidden=False), expected)
-    hidden, head = teacher.outputs({"input_ids": ids}, hidden=True)
-    torch.testing.assert_close(hidden @ head.t(), expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(teacher.answer(ids, hidden=False).logits, expected)
+    states = teacher.answer(ids, hidden=True)
+    torch.testing.assert_close(states.hidden @ states.head.t(), expected, rtol=1e-4, atol=1e-5)

@@ -35,9 +35,10 @@ def _fresh_accelerator(grad_accum: int):
     return Accelerator(gradient_accumulation_steps=grad_accum, cpu=True)
 
 
-def _step_gradients(micro_batches: list[dict], grad_accum: int, step_tokens: int, fused: bool):
-    from distill.modules import LMWithObjective
+def _step_gradients(micro_batches: list[tuple], grad_accum: int, step_tokens: int, fused: bool):
+    from distill.prefetch import TeacherPrefetch
     from distill.train import forward_backward
+    from teachers import LMWithObjective, MicroBatch, Placement, TeacherSetup
 
     accelerator = _fresh_accelerator(grad_accum)
     config = students.model_config("scout-tiny", TINY_MODEL, vocab_size=50)
@@ -47,12 +48,18 @@ def _step_gradients(micro_batches: list[dict], grad_accum: int, step_tokens: int
     student = accelerator.prepare(LMWithObjective(students.build_model(config), objective,
                                                   fused, router_aux=False, vocab_rows=50))
     teacher_lm = students.build_model(config)
-    teacher = CodistillTeacher(teacher_lm, None, None)
-    teacher_module = accelerator.prepare(LMWithObjective(
-        teacher_lm, losses.hard_target_objective(chunk_size=5), fused, router_aux=False,
-        vocab_rows=50))
-    forward_backward(accelerator, student, teacher, teacher_module, micro_batches, 0,
-                     step_tokens, fused)
+
+    def sgd(model, lr):
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+    # The teacher trains (codistillation): its gradients come from its own pass.
+    teacher = CodistillTeacher(teacher_lm, TeacherSetup(vocab_rows=50, make_optimizer=sgd,
+                                                        chunk_size=5), lr=0.0)
+    teacher.prepare(Placement(accelerator, torch.zeros(1, 11, dtype=torch.long), hidden=fused))
+    batches = [MicroBatch(ids, labels, torch.arange(len(ids)), 0, step_tokens)
+               for ids, labels in micro_batches]
+    forward_backward(accelerator, student, TeacherPrefetch(teacher, enabled=False), batches)
     student_lm = accelerator.unwrap_model(student).lm
     return ([p.grad.clone() for p in student_lm.parameters()],
             [p.grad.clone() for p in teacher_lm.parameters()], student_lm, teacher_lm)
@@ -66,8 +73,8 @@ def test_one_by_eight_equals_eight_by_one_and_the_plain_formula(fused: bool):
     for row in range(8):  # unequal numbers of valid targets per sequence
         labels[row, : row + 1] = -100
     step_tokens = int((labels != -100).sum())
-    whole = [{"input_ids": ids, "labels": labels}]
-    split = [{"input_ids": ids[i:i + 1], "labels": labels[i:i + 1]} for i in range(8)]
+    whole = [(ids, labels)]
+    split = [(ids[i:i + 1], labels[i:i + 1]) for i in range(8)]
     s1, t1, student, teacher = _step_gradients(whole, 1, step_tokens, fused)
     s8, t8, _, _ = _step_gradients(split, 8, step_tokens, fused)
     for a, b in zip(s1 + t1, s8 + t8):
@@ -153,7 +160,7 @@ def test_frozen_hf_teacher_from_a_saved_checkpoint(finished_run: Path, tmp_path,
     student_dir = finished_run / "student"
     out = tmp_path / "hf"
     recipe = load_recipe(QUICKSTART, tiny_overrides(
-        out, cache_dir, **{"teacher.kind": "hf", "teacher.name_or_path": str(student_dir),
+        out, cache_dir, **{"teacher.kind": "hf", "teacher.hf.name_or_path": str(student_dir),
                            "data.tokenizer": str(student_dir), "train.max_steps": 4,
                            "train.checkpoint_every": 0}))
     from distill.train import run
@@ -166,7 +173,7 @@ def test_frozen_hf_teacher_from_a_saved_checkpoint(finished_run: Path, tmp_path,
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, cache_dir, monkeypatch):
     import distill.train as train_module
-    from distill.modules import LMWithObjective
+    from teachers import LMWithObjective
 
     real_forward = LMWithObjective.forward
 
