@@ -1,7 +1,8 @@
 """``distill inspect``: parameter counts, layer pattern and a memory plan of one model.
 
-A model is a preset name (``students.PRESETS``), a YAML/JSON file of ``Llama4TextConfig``
-fields or any transformers ``config.json``, or a checkpoint directory holding one. Llama 4
+A model is whatever ``students.load_config`` reads (the loader of ``distill run`` too): a
+preset name, a YAML/JSON file of ``Llama4TextConfig`` fields or any transformers
+``config.json`` (a multimodal one gives its text model), or a directory holding one. Llama 4
 text models are counted analytically from the config (tests check the counts against a
 model built on the meta device); any other causal LM is counted by building it on the meta
 device, which allocates nothing. Every assumption behind the figures is in docs/inspect.md.
@@ -9,15 +10,12 @@ device, which allocates nothing. Every assumption behind the figures is in docs/
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from distill.errors import UserError
-from distill.schema import suggest
 
 # Mixed-precision AdamW: bf16 weights + bf16 gradients + fp32 master weights + fp32 m and v.
 TRAIN_BYTES = {"bf16_weights": 2, "bf16_gradients": 2, "fp32_master_weights": 4,
@@ -65,87 +63,15 @@ class Model:
 
 # ---------------------------------------------------------------- loading a config
 
-def _read_mapping(path: Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror}.") from None
-    try:  # YAML is a superset of JSON; JSON's own parser gives the clearer message for .json
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON: {exc}.") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"{path} is not valid YAML: {problem}{where}.") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path} must hold a mapping of config fields (such as hidden_size: "
-                        f"5120); it holds {type(data).__name__}.")
-    return data
-
-
-def _config_errors() -> tuple[type[BaseException], ...]:
-    try:  # transformers' strict config dataclasses raise these on bad field values
-        from huggingface_hub.errors import StrictDataclassError
-    except ImportError:
-        return (TypeError, ValueError)
-    return (TypeError, ValueError, StrictDataclassError)
-
-
-def _config_from_mapping(data: dict[str, Any], where: Path):
-    import dataclasses
-
-    from transformers import AutoConfig, Llama4TextConfig
-
-    try:
-        if "model_type" in data:  # a transformers config.json, of any architecture
-            from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
-
-            kind = str(data["model_type"])
-            if kind not in CONFIG_MAPPING_NAMES:
-                raise UserError(f"{where}: model_type {kind!r} is not one this transformers "
-                                f"knows.{suggest(kind, CONFIG_MAPPING_NAMES)}")
-            rest = {k: v for k, v in data.items() if k != "model_type"}
-            return AutoConfig.for_model(kind, **rest)
-        known = {f.name for f in dataclasses.fields(Llama4TextConfig)}
-        for key in data:
-            if key not in known:
-                raise UserError(f"{where}: unknown key '{key}': not a Llama4TextConfig field."
-                                f"{suggest(str(key), known)} (A transformers config.json "
-                                "names its model_type.)")
-        return Llama4TextConfig(**data)
-    except _config_errors() as exc:
-        raise UserError(f"{where}: invalid model config: {' '.join(str(exc).split())}") from None
-
-
 def load_config(name_or_path: str) -> tuple[Any, str]:
-    """(transformers config, source) for a preset name, a config file or a checkpoint dir."""
-    from students.presets import PRESETS
+    """(transformers config, source) for a preset name, a config file or a checkpoint dir,
+    read by the loader ``distill run`` uses (``students.load_config``)."""
+    import students
 
-    if name_or_path in PRESETS:
-        from students import model_config
-
-        preset = PRESETS[name_or_path]
-        try:
-            return model_config(name_or_path, {}, preset["vocab_size"]), "preset"
-        except _config_errors() as exc:
-            raise UserError(str(exc)) from None
-    path = Path(name_or_path)
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise UserError(f"directory {str(path)!r} has no config.json, so it is not a "
-                            "checkpoint directory.")
-        return _config_from_mapping(_read_mapping(path / "config.json"), path), "checkpoint"
-    if path.is_file():
-        return _config_from_mapping(_read_mapping(path), path), "config file"
-    if any(sep in name_or_path for sep in "/\\") or path.suffix in (".json", ".yaml", ".yml"):
-        raise UserError(f"no such file or directory: {name_or_path!r}.")
-    raise UserError(f"unknown model {name_or_path!r}: not a preset, a config file or a "
-                    f"checkpoint directory.{suggest(name_or_path, PRESETS)} "
-                    f"Presets: {', '.join(PRESETS)}.")
+    try:
+        return students.load_config(name_or_path)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 # ---------------------------------------------------------------- counting
@@ -268,11 +194,9 @@ def meta_model(config: Any, name: str, source: str) -> Model:
 
 def build_model(name_or_path: str) -> Model:
     """The counted ``Model`` of a preset name, config file or checkpoint directory."""
-    from transformers import Llama4Config, Llama4TextConfig
+    from transformers import Llama4TextConfig
 
-    config, source = load_config(name_or_path)
-    if isinstance(config, Llama4Config):                 # multimodal config: its text model
-        config = config.get_text_config()
+    config, source = load_config(name_or_path)           # a multimodal config: its text model
     if isinstance(config, Llama4TextConfig):
         return llama4_model(config, name_or_path, source)
     return meta_model(config, name_or_path, source)

@@ -1,6 +1,6 @@
 """Students: Llama-4-style causal LMs from presets, config files or checkpoints.
 
-Public interface: ``PRESETS``, ``model_config``, ``check_overrides``, ``read_config_file``,
+Public interface: ``PRESETS``, ``model_config``, ``load_config``, ``read_config_file``,
 ``build_model``, ``load_pretrained``, ``init_from_teacher``, ``apply_peft``,
 ``make_peft_config``, ``decoder_of``, ``fused_head``, ``router_aux_loss``,
 ``enable_efficient_moe``. Knows nothing of teachers' interfaces or of losses.
@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from students.configs import check_overrides, model_config, read_config_file
+from students.configs import load_config, model_config, read_config_file
 from students.heads import decoder_of, fused_head, router_aux_loss
 from students.init import apply_peft, init_from_teacher, make_peft_config
 from students.presets import PRESETS
 
-__all__ = ["PRESETS", "apply_peft", "build_model", "check_overrides", "decoder_of",
-           "enable_efficient_moe", "fused_head", "init_from_teacher", "load_pretrained",
+__all__ = ["PRESETS", "apply_peft", "build_model", "decoder_of", "enable_efficient_moe",
+           "fused_head", "init_from_teacher", "load_config", "load_pretrained",
            "make_peft_config", "model_config", "read_config_file", "router_aux_loss"]
 
 

@@ -16,7 +16,7 @@ from distill.errors import UserError
 from distill.plan import describe, llama4_model, load_config
 from distill.plan_report import format_report
 from students import PRESETS, model_config
-from tests.conftest import run_cli
+from tests.conftest import SCOUT_CONFIG, SCOUT_TEXT_CONFIG, run_cli, write_config
 
 
 def _meta_counts(config) -> tuple[int, int]:
@@ -145,6 +145,36 @@ def test_any_causal_lm_is_counted_on_the_meta_device(tmp_path: Path):
     assert report["counting"] == "meta device" and report["total_params"] == real
     assert report["active_params"] == real - 2 * 2 * 3 * 32 * 48
     assert [x["ffn"] for x in report["layers"]] == ["moe", "moe"]
+
+
+@pytest.mark.parametrize("config", [SCOUT_TEXT_CONFIG, SCOUT_CONFIG], ids=["text", "multimodal"])
+def test_published_llama4_config_files_count_the_text_model(tmp_path: Path, config):
+    from transformers import AutoConfig
+
+    path = write_config(tmp_path / "scout", config)
+    expected = AutoConfig.from_pretrained(path).get_text_config()   # transformers' own reading
+    for source, kind in ((path, "config file"), (path.parent, "checkpoint")):
+        loaded, found = load_config(str(source))
+        assert found == kind
+        assert loaded.to_dict() == {**expected.to_dict(), "_name_or_path": ""}
+        report = describe(str(source))
+        assert (report["model_type"], report["num_layers"]) == ("llama4_text", 4)
+        assert (report["total_params"], report["active_params"]) == _meta_counts(expected)
+    # the same text config as `distill run` builds, but for what the tokenizer and run decide
+    run = model_config("scout-tiny", {}, 100, config_file=str(path)).to_dict()
+    theirs = {"vocab_size", "eos_token_id", "pad_token_id", "bos_token_id", "dtype"}
+    assert {k: v for k, v in run.items() if k not in theirs} \
+        == {k: v for k, v in loaded.to_dict().items() if k not in theirs}
+
+
+def test_misspelt_key_in_a_file_names_the_file(tmp_path: Path):
+    path = write_config(tmp_path / "scout", {**SCOUT_CONFIG, "text_config": {
+        **SCOUT_TEXT_CONFIG, "num_hidden_layer": 2}})
+    with pytest.raises(UserError) as error:
+        describe(str(tmp_path / "scout"))
+    assert str(error.value).startswith(f"{path}: unknown key 'text_config.num_hidden_layer'")
+    assert "Did you mean 'num_hidden_layers'?" in str(error.value)
+    assert "overrides" not in str(error.value)
 
 
 @pytest.mark.parametrize("args, message", [

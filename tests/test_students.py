@@ -15,7 +15,8 @@ from distill.errors import UserError
 from distill.metrics import read_metrics
 from distill.recipe import load_recipe
 from distill.train import run
-from tests.conftest import QUICKSTART, TINY_MODEL, tiny_overrides
+from tests.conftest import (QUICKSTART, SCOUT_CONFIG, SCOUT_TEXT_CONFIG, TINY_MODEL,
+                            tiny_overrides, write_config)
 
 
 def _recipe(out: Path, cache_dir: Path, **extra):
@@ -57,6 +58,91 @@ def test_config_files_yaml_fields_and_transformers_config_json(tmp_path: Path, c
                                    "student.overrides.num_hidden_layer": 2})
     with pytest.raises(UserError, match="config file not found"):
         _recipe(out, cache_dir, **{"student.config_file": str(tmp_path / "missing.yaml")})
+
+
+def _autoconfig_text(path: Path, **tokenizer) -> dict:
+    """What transformers itself makes of ``path``: AutoConfig's text model, as a dict, with
+    the fields a run takes from the tokenizer and the dtype it decides replaced."""
+    from transformers import AutoConfig
+
+    text = AutoConfig.from_pretrained(path).get_text_config().to_dict()
+    return {**text, **tokenizer, "bos_token_id": None, "dtype": None, "_name_or_path": ""}
+
+
+@pytest.mark.parametrize("config", [SCOUT_TEXT_CONFIG, SCOUT_CONFIG], ids=["text", "multimodal"])
+def test_published_llama4_config_files_read_as_transformers_reads_them(tmp_path: Path, config):
+    path = write_config(tmp_path / "scout", config)
+    for source in (path, path.parent):                    # the file or its directory
+        built = students.model_config("scout-tiny", {}, 512, eos_token_id=3, pad_token_id=0,
+                                      config_file=str(source))
+        assert type(built).__name__ == "Llama4TextConfig"
+        assert built.to_dict() == _autoconfig_text(path, vocab_size=512, eos_token_id=3,
+                                                   pad_token_id=0)
+    # by hand, from the file: the legacy rope_theta and rope_scaling became rope_parameters
+    assert built.rope_parameters == {**SCOUT_TEXT_CONFIG["rope_scaling"], "rope_theta": 500000.0}
+    assert (built.num_hidden_layers, built.num_local_experts) == (4, 4)
+    assert built.moe_layers == [0, 1, 2, 3] and built.no_rope_layers == [1, 1, 1, 0]
+    assert built.layer_types == ["chunked_attention"] * 3 + ["full_attention"]
+    assert built.vocab_size == 512 and built.dtype is None  # tokenizer's; the run's float32
+
+
+def test_multimodal_llama4_config_file_trains(tmp_path: Path, cache_dir: Path):
+    path = write_config(tmp_path / "scout", SCOUT_CONFIG)
+    out = tmp_path / "run"
+    result = run(_recipe(out, cache_dir, **{"student.config_file": str(path)}))
+    assert result.final_val_loss < result.first_val_loss
+    saved = json.loads((out / "student" / "config.json").read_text())
+    assert saved["model_type"] == "llama4_text" and saved["vocab_size"] == 512
+    assert saved["rope_parameters"] == {**SCOUT_TEXT_CONFIG["rope_scaling"], "rope_theta": 500000.0}
+    # the recipe's tiny overrides on top of the file's text model: 32 wide, 4 layers, 4 experts
+    assert (saved["hidden_size"], saved["num_hidden_layers"]) == (32, 4)
+    assert saved["num_local_experts"] == 4
+    from safetensors import safe_open
+
+    with safe_open(str(out / "student" / "model.safetensors"), "pt") as weights:
+        assert {weights.get_slice(n).get_dtype() for n in weights.keys()} == {"F32"}
+
+
+def test_unknown_keys_name_the_file_or_the_override(tmp_path: Path, cache_dir: Path):
+    text = write_config(tmp_path / "text", {**SCOUT_TEXT_CONFIG, "num_hidden_layer": 2})
+    both = write_config(tmp_path / "both", {
+        **SCOUT_CONFIG, "text_config": {**SCOUT_TEXT_CONFIG, "num_hidden_layer": 2}})
+    for path, key in ((text, "num_hidden_layer"), (both, "text_config.num_hidden_layer")):
+        with pytest.raises(ValueError) as error:
+            students.model_config("scout-tiny", {}, 512, config_file=str(path))
+        assert str(error.value).startswith(f"{path}: unknown key '{key}'")
+        assert "Did you mean 'num_hidden_layers'?" in str(error.value)
+        assert "overrides" not in str(error.value)
+        with pytest.raises(UserError, match=f"student: {path}: unknown key '{key}'"):
+            _recipe(tmp_path / "run", cache_dir, **{"student.config_file": str(path)})
+    good = write_config(tmp_path / "good", SCOUT_CONFIG)
+    with pytest.raises(ValueError, match=r"^unknown key 'overrides.num_hidden_layer'.*Did you "
+                                         r"mean 'num_hidden_layers'\?"):
+        students.model_config("scout-tiny", {"num_hidden_layer": 2}, 512, config_file=str(good))
+    with pytest.raises(UserError, match="student: unknown key 'overrides.num_hidden_layer'"):
+        _recipe(tmp_path / "run", cache_dir, **{"student.config_file": str(good),
+                                                "student.overrides.num_hidden_layer": 2})
+
+
+def test_config_json_keeps_and_refuses_what_autoconfig_does(tmp_path: Path):
+    # leftovers a published config.json carries and AutoConfig keeps are kept; misspellings not
+    from transformers import AutoConfig, GPT2Config
+
+    GPT2Config(n_embd=32, n_layer=2, n_head=2).save_pretrained(tmp_path / "gpt2")
+    gpt2 = json.loads((tmp_path / "gpt2" / "config.json").read_text())
+    kept = write_config(tmp_path / "kept", {**gpt2, "n_ctx": 1024})   # as GPT-2's own file
+    assert students.model_config("scout-tiny", {}, 512, config_file=str(kept)).n_layer == 2
+    misspelt = write_config(tmp_path / "misspelt", {**gpt2, "n_layers": 4})
+    with pytest.raises(ValueError, match=f"{misspelt}: unknown key 'n_layers'.*'n_layer'"):
+        students.model_config("scout-tiny", {}, 512, config_file=str(misspelt))
+    # the file as published says attn_temperature_tuning: 4; transformers 5 refuses it too
+    published = write_config(tmp_path / "published", {**SCOUT_TEXT_CONFIG,
+                                                      "attn_temperature_tuning": 4})
+    with pytest.raises(ValueError, match=f"{published}: invalid model config: .*"
+                                         "'attn_temperature_tuning' expected bool, got int"):
+        students.model_config("scout-tiny", {}, 512, config_file=str(published))
+    with pytest.raises(Exception, match="attn_temperature_tuning"):
+        AutoConfig.from_pretrained(published)
 
 
 def test_from_teacher_copies_chosen_layers_and_experts():
