@@ -102,21 +102,22 @@ def verdict(table: list[dict[str, Any]]) -> str:
 def _final_metrics(variants, base) -> dict[str, dict[str, Any]]:
     """KL to the shared frozen teacher, top-1 agreement and calibration per variant."""
     import students
-    from distill.assess import assess
     from distill.corpus import load_corpus
     from distill.data import load_tokenizer, pack
+    from distill.eval_command import frozen_teacher_path
+    from distill.evaluation import evaluate_lm
 
     recipe = variants[0].recipe
     corpus = load_corpus(recipe.data)
     tokenizer = load_tokenizer(recipe.data, corpus)
     blocks = pack(corpus.validation, tokenizer, recipe.data.block_size, "validation")
-    frozen = recipe.teacher.kind in ("hf", "cached")
-    teacher = students.load_pretrained(recipe.teacher.name_or_path).eval() if frozen else None
+    teacher_path = frozen_teacher_path(recipe)
+    teacher = students.load_pretrained(teacher_path).eval() if teacher_path else None
     results = {}
     for variant in variants:
         student = students.load_pretrained(str(variant.directory / "student")).eval()
-        results[variant.name] = assess(student, blocks, recipe.train.eval_batch_size,
-                                       base.compare.eval_batches, teacher=teacher)
+        results[variant.name] = evaluate_lm(student, blocks, None, recipe.train.eval_batch_size,
+                                            base.compare.eval_batches, reference=teacher)
     return results
 
 

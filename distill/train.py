@@ -33,7 +33,7 @@ from distill.config import Recipe
 from distill.corpus import load_corpus
 from distill.data import BlockOrder, cache_root, prepare_data, split_block
 from distill.errors import TrainingStopped, UserError
-from distill.evaluation import validation_loss
+from distill.evaluation import evaluate_lm
 from distill.lock import OutputDirLock
 from distill.metrics import MetricsLog
 from distill.model_card import write_model_card
@@ -249,13 +249,13 @@ def _train(recipe: Recipe, resume: bool) -> RunResult:
 
     def evaluate(step: int) -> float:
         student.eval()
-        row = validation_loss(accelerator.unwrap_model(student).lm, data.validation,
-                              train.eval_batch_size, accelerator, train.eval_batches,
-                              expert_load=True)
+        row = evaluate_lm(accelerator.unwrap_model(student).lm, data.validation, accelerator,
+                          train.eval_batch_size, train.eval_batches, expert_load=True)
+        row["val_tokens"] = row.pop("tokens")  # a row's "tokens" counts training tokens seen
         if teacher.trains:
             teacher.model.eval()
-            row["teacher_val_loss"] = validation_loss(
-                teacher.model, data.validation, train.eval_batch_size, accelerator,
+            row["teacher_val_loss"] = evaluate_lm(
+                teacher.model, data.validation, accelerator, train.eval_batch_size,
                 train.eval_batches)["val_loss"]
             teacher.model.train()
         student.train()
