@@ -60,8 +60,6 @@ def _parser() -> argparse.ArgumentParser:
                                            "parquet file to evaluate on")
     evaluation.add_argument("--batches", type=int, default=16,
                             help="validation batches of 16 sequences (default 16)")
-    evaluation.add_argument("--kl-tokens", type=int, default=2048,
-                            help="positions on which KL to the teacher is computed")
     evaluation.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
@@ -79,13 +77,11 @@ def _compare(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     import json
 
-    from distill.assess import evaluate_target
+    from distill.eval_command import evaluate_target
 
     if args.batches < 1:
         raise UserError(f"--batches: got {args.batches}; must be >= 1.")
-    if args.kl_tokens < 0:
-        raise UserError(f"--kl-tokens: got {args.kl_tokens}; must be >= 0.")
-    result = evaluate_target(args.target, args.teacher, args.data, args.batches, args.kl_tokens)
+    result = evaluate_target(args.target, args.teacher, args.data, args.batches)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

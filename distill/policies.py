@@ -10,7 +10,7 @@ import torch
 
 from distill.checkpoint import complete_checkpoints
 from distill.errors import TrainingStopped
-from distill.evaluation import validation_loss
+from distill.evaluation import evaluate_lm
 from distill.metrics import MetricsLog
 
 
@@ -60,14 +60,14 @@ class Validator:
         """The student's validation loss at ``step``; the student (a prepared
         LMWithObjective) is back in training mode afterwards."""
         student.eval()
-        row = validation_loss(self.accelerator.unwrap_model(student).lm, self.blocks,
-                              self.batch_size, self.accelerator, self.max_batches,
-                              expert_load=True)
+        row = evaluate_lm(self.accelerator.unwrap_model(student).lm, self.blocks,
+                          self.accelerator, self.batch_size, self.max_batches, expert_load=True)
+        row["val_tokens"] = row.pop("tokens")  # a row's "tokens" counts training tokens seen
         trained = self.teacher.trained_model()
         if trained is not None:
             trained.eval()
-            row["teacher_val_loss"] = validation_loss(
-                trained, self.blocks, self.batch_size, self.accelerator,
+            row["teacher_val_loss"] = evaluate_lm(
+                trained, self.blocks, self.accelerator, self.batch_size,
                 self.max_batches)["val_loss"]
             trained.train()
         student.train()

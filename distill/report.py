@@ -102,9 +102,9 @@ def verdict(table: list[dict[str, Any]]) -> str:
 def _final_metrics(variants, base) -> dict[str, dict[str, Any]]:
     """KL to the shared frozen teacher, top-1 agreement and calibration per variant."""
     import students
-    from distill.assess import assess
     from distill.corpus import load_corpus
     from distill.data import load_tokenizer, pack
+    from distill.evaluation import evaluate_lm
 
     recipe = variants[0].recipe
     corpus = load_corpus(recipe.data)
@@ -115,8 +115,8 @@ def _final_metrics(variants, base) -> dict[str, dict[str, Any]]:
     results = {}
     for variant in variants:
         student = students.load_pretrained(str(variant.directory / "student")).eval()
-        results[variant.name] = assess(student, blocks, recipe.train.eval_batch_size,
-                                       base.compare.eval_batches, teacher=teacher)
+        results[variant.name] = evaluate_lm(student, blocks, None, recipe.train.eval_batch_size,
+                                            base.compare.eval_batches, reference=teacher)
     return results
 
 

@@ -122,6 +122,28 @@ def test_cli_run_writes_every_output(finished_run: Path):
     assert model.config.vocab_size == len(tokenizer) == 512
 
 
+def test_a_codistilled_teacher_is_saved_beside_the_student(finished_run: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    teacher = AutoModelForCausalLM.from_pretrained(finished_run / "teacher")
+    assert len(AutoTokenizer.from_pretrained(finished_run / "teacher")) == 512
+    # the quickstart's teacher: 4 layers of width 32 (the tests' tiny overrides), 4 experts
+    assert (teacher.config.num_hidden_layers, teacher.config.hidden_size,
+            teacher.config.num_local_experts) == (4, 32, 4)
+    card = (finished_run / "teacher" / "README.md").read_text()
+    params = sum(p.numel() for p in teacher.parameters())
+    assert "# Codistilled teacher" in card
+    assert f"4 layers, hidden size 32, 4 experts (1 per token), vocabulary 512, {params:,} " \
+           "parameters" in card
+    last = [r for r in read_metrics(finished_run / "metrics.jsonl") if "val_loss" in r][-1]
+    assert f"| val_loss | {last['teacher_val_loss']:.4f} |" in card
+    # it teaches like any pretrained checkpoint: its logits are those of the saved weights
+    ids = torch.randint(0, 512, (1, 8))
+    with torch.no_grad():
+        assert torch.isfinite(teacher(input_ids=ids).logits).all()
+    assert "# Distilled student" in (finished_run / "student" / "README.md").read_text()
+
+
 def test_second_run_in_same_output_dir_is_refused(finished_run: Path, cache_dir):
     result = run_cli("run", QUICKSTART, *tiny_overrides(finished_run, cache_dir))
     assert result.returncode == 2 and "already holds a run" in result.stderr
