@@ -63,9 +63,10 @@ def write_model_card(directory: Path, recipe: Recipe, metrics: dict[str, Any], r
     else:
         intro = (" This is the teacher that trained\nalongside the run's student, which is in "
                  "`student/`.")
+        mutual = recipe.teacher.codistill.mutual_weight
         how = (f"- **Trained by:** {teacher_line}\n- **Loss:** cross-entropy on the data's next "
-               f"tokens, plus forward KL\n  towards the student with weight "
-               f"{recipe.teacher.codistill.mutual_weight:g}")
+               "tokens" + (f", plus {mutual:g} x forward KL towards the student's outputs"
+                           if mutual > 0 else ""))
     rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
                      for k, v in metrics.items() if not isinstance(v, list) and v is not None)
     loader = ("from peft import AutoPeftModelForCausalLM\n"
