@@ -11,8 +11,9 @@ of the remaining (tail) mass are stored as memory-mapped ``.npy`` arrays:
 The key hashes the teacher's fingerprint (its config and weight files), the data's (the
 packed training tokens), k, the dtype and the vocabulary limit, so any later run over the
 same teacher and data reuses the cache, and a changed teacher or corpus gets a new one. On
-every use the meta file is checked against the expected fingerprints and the arrays'
-shapes; a mismatched, partial or unreadable cache is rebuilt, never used.
+every use the meta file is checked against the expected fingerprints, and the arrays
+against the sizes and sha256 checksums it recorded and for valid content
+(``teachers.cache_files``); a cache that fails is rebuilt, saying why, never used.
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ import numpy as np
 import torch
 
 from losses.outputs import TopK
+from teachers import cache_files
 from teachers.base import MicroBatch, Placement, Teacher, TeacherSetup
 from teachers.hf import HFTeacher
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: meta.json records each array file's size and sha256
 _SMALL_FILE = 1 << 30  # weight files up to 1 GiB are hashed whole; larger ones sampled
 
 
@@ -118,56 +120,55 @@ class CachedTeacher(Teacher):
         key = hashlib.sha256(json.dumps(expected, sort_keys=True).encode()).hexdigest()[:20]
         self.path = self.cache_root / key
         with accelerator.main_process_first():  # the main process fills, the others read
-            if not self._open(expected):
+            problem = self._open(expected)
+            if problem:
                 if accelerator.is_main_process:
+                    if self.path.exists():  # a cache is there but unusable: say why
+                        print(f"teacher cache {self.path} failed its check ({problem}); "
+                              "rebuilding it")
                     teacher = self._load()
                     teacher.prepare(Placement(accelerator, train_blocks))
                     self._fill(teacher, train_blocks, expected)
                     self.rebuilt = True  # the teacher goes: the cache is all later steps need
-                if not self._open(expected):
-                    raise RuntimeError(f"teacher cache {self.path} could not be read back")
+                problem = self._open(expected)  # after a fill: the read-back
+                if problem:
+                    raise RuntimeError(f"teacher cache {self.path} could not be read back "
+                                       f"({problem})")
 
-    def _open(self, expected: dict) -> bool:
-        """Map the arrays if meta.json matches ``expected`` and the shapes agree."""
+    def _open(self, expected: dict) -> str | None:
+        """Map the arrays if meta.json matches ``expected`` and the arrays pass their
+        checks; else what failed."""
         try:
             meta = json.loads((self.path / "meta.json").read_text())
-            if meta != expected:
-                return False
-            arrays = tuple(np.load(self.path / f"{name}.npy", mmap_mode="r")
-                           for name in ("log_probs", "indices", "log_tail"))
-        except (OSError, ValueError, json.JSONDecodeError):
-            return False
-        blocks, length = expected["shape"]
-        shape = (blocks, length, expected["top_k"])
-        if arrays[0].shape != shape or arrays[1].shape != shape \
-                or arrays[2].shape != (blocks, length):
-            return False
-        self._arrays = arrays
-        return True
+        except (OSError, ValueError):
+            return "meta.json missing or unreadable"
+        if not isinstance(meta, dict) or {k: v for k, v in meta.items() if k != "files"} \
+                != expected:
+            return "meta.json is for another teacher, data or cache version"
+        arrays, problem = cache_files.open_checked(self.path, meta)
+        if arrays is not None:
+            self._arrays = (arrays["log_probs"], arrays["indices"], arrays["log_tail"])
+        return problem
 
     @torch.no_grad()
     def _fill(self, teacher: HFTeacher, train_blocks: torch.Tensor, meta: dict) -> None:
-        if self.path.exists():
-            print(f"teacher cache {self.path} is stale or incomplete; rebuilding it")
-            shutil.rmtree(self.path, ignore_errors=True)
+        shutil.rmtree(self.path, ignore_errors=True)
         self.cache_root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=self.cache_root, prefix=".staging-"))
-        blocks, length = meta["shape"]
-        k = meta["top_k"]
-        open_array = np.lib.format.open_memmap
-        log_probs = open_array(staging / "log_probs.npy", "w+", np.float32, (blocks, length, k))
-        indices = open_array(staging / "indices.npy", "w+", np.int32, (blocks, length, k))
-        log_tail = open_array(staging / "log_tail.npy", "w+", np.float32, (blocks, length))
-        for start in range(0, blocks, self.batch_size):
+        arrays = {name: np.lib.format.open_memmap(staging / f"{name}.npy", "w+", dtype, shape)
+                  for name, (dtype, shape) in cache_files.layout(meta).items()}
+        digests = cache_files.Digests(arrays)
+        for start in range(0, meta["shape"][0], self.batch_size):
             rows = slice(start, start + self.batch_size)
             logits = teacher.answer(train_blocks[rows, :-1], hidden=False).logits  # (b, s, V)
-            sparse = TopK.from_logits(logits, k)
-            log_probs[rows] = sparse.log_probs.cpu().numpy()
-            indices[rows] = sparse.indices.cpu().numpy()
-            log_tail[rows] = sparse.log_tail.cpu().numpy()
-        for array in (log_probs, indices, log_tail):
+            sparse = TopK.from_logits(logits, meta["top_k"])
+            for name in arrays:
+                arrays[name][rows] = getattr(sparse, name).cpu().numpy()
+            digests.update({name: array[rows] for name, array in arrays.items()})
+        for array in arrays.values():
             array.flush()
-        (staging / "meta.json").write_text(json.dumps(meta, sort_keys=True))
+        files = cache_files.file_records(staging, digests)
+        (staging / "meta.json").write_text(json.dumps({**meta, "files": files}, sort_keys=True))
         os.replace(staging, self.path)
 
     def outputs(self, batch: MicroBatch) -> TopK:

@@ -3,8 +3,10 @@ snapshots; the shared-vocabulary checks."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -100,33 +102,162 @@ def test_stale_or_corrupt_cache_is_rebuilt(finished_run: Path, tmp_path: Path, c
               "data.tokenizer": str(teacher_dir), "teacher.cached.top_k": 8,
               "teacher.cached.cache_dir": str(tmp_path / "cache")}
     recipe = _recipe(tmp_path / "a", cache_dir, **common)
-
-    def cache_teacher(recipe):
-        from accelerate import Accelerator
-
-        from distill.corpus import load_corpus
-        from distill.data import prepare_data
-        from teachers import Placement, TeacherSetup, build
-
-        data = prepare_data(recipe.data, load_corpus(recipe.data))
-        teacher = build(recipe.teacher, TeacherSetup(vocab_rows=len(data.tokenizer),
-                                                     cache_root=tmp_path))
-        teacher.prepare(Placement(Accelerator(cpu=True), data.train))
-        return teacher
-
-    first = cache_teacher(recipe)
+    first = _cache_teacher(recipe)
     assert first.rebuilt
-    assert not cache_teacher(recipe).rebuilt
+    assert not _cache_teacher(recipe).rebuilt
     # corrupt: a truncated array is detected and the cache filled again
     array = first.path / "log_probs.npy"
     array.write_bytes(array.read_bytes()[: array.stat().st_size // 2])
-    assert cache_teacher(recipe).rebuilt
+    assert _cache_teacher(recipe).rebuilt
     # stale: new teacher weights at the same path give a different fingerprint
     with torch.no_grad():
         model.lm_head.weight.mul_(2.0)
     model.save_pretrained(teacher_dir)
-    changed = cache_teacher(recipe)
+    changed = _cache_teacher(recipe)
     assert changed.rebuilt and changed.path != first.path
+
+
+def _cache_teacher(recipe) -> CachedTeacher:
+    """The recipe's cached teacher, prepared (opened or filled) over its data as a run does."""
+    from accelerate import Accelerator
+
+    from distill.corpus import load_corpus
+    from distill.data import prepare_data
+    from teachers import Placement, TeacherSetup, build
+
+    data = prepare_data(recipe.data, load_corpus(recipe.data))
+    teacher = build(recipe.teacher, TeacherSetup(vocab_rows=len(data.tokenizer)))
+    teacher.prepare(Placement(Accelerator(cpu=True), data.train))
+    return teacher
+
+
+ARRAYS = ("log_probs", "indices", "log_tail")
+
+
+@pytest.fixture(scope="module")
+def filled_cache(finished_run: Path, cache_dir: Path, tmp_path_factory):
+    """One fill of a top-8 cache over a small corpus, kept pristine; calling the fixture's
+    value with a test's tmp_path gives that test the recipe and its own copy to damage."""
+    teacher_dir = str(finished_run / "student")
+    common = {"teacher.kind": "cached", "teacher.hf.name_or_path": teacher_dir,
+              "data.tokenizer": teacher_dir, "teacher.cached.top_k": 8,
+              "data.max_chars": 30_000}  # a few hundred blocks: each rebuild is quick
+    root = tmp_path_factory.mktemp("pristine-cache")
+    _cache_teacher(_recipe(root / "run", cache_dir, **common,
+                           **{"teacher.cached.cache_dir": str(root / "cache")}))
+
+    def copy_for(tmp_path: Path):
+        shutil.copytree(root / "cache", tmp_path / "cache")
+        recipe = _recipe(tmp_path / "run", cache_dir, **common,
+                         **{"teacher.cached.cache_dir": str(tmp_path / "cache")})
+        (path,) = [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]
+        return recipe, path
+
+    return copy_for
+
+
+def _arrays(path: Path) -> dict[str, np.ndarray]:
+    return {name: np.load(path / f"{name}.npy") for name in ARRAYS}
+
+
+def _rewrite(path: Path, name: str, rows, values) -> None:
+    """Change an array file in place, as a faulty disk or tool would: same shape, dtype."""
+    array = np.lib.format.open_memmap(path / f"{name}.npy", "r+")
+    array[rows] = values
+    array.flush()
+
+
+def _swap_first_two_blocks(path: Path) -> None:
+    """Blocks 0 and 1 trade places in every array: each row is still a valid distribution,
+    but block 0 would be trained on block 1's targets."""
+    for name in ARRAYS:
+        _rewrite(path, name, [0, 1], np.load(path / f"{name}.npy", mmap_mode="r")[[1, 0]])
+
+
+def _assert_rebuilt(teacher: CachedTeacher, first: dict, said: str, capsys) -> None:
+    out = capsys.readouterr().out
+    assert teacher.rebuilt
+    assert f"teacher cache {teacher.path} failed its check ({said}" in out, out
+    assert "rebuilding it" in out
+    for name, values in _arrays(teacher.path).items():
+        assert np.array_equal(values, first[name]), name
+
+
+def test_a_cache_with_garbage_indices_is_rebuilt_as_first_filled(filled_cache, tmp_path,
+                                                                  capsys):
+    recipe, path = filled_cache(tmp_path)
+    first = _arrays(path)
+    garbage = np.random.default_rng(0).integers(-2**31, 2**31 - 1, first["indices"].shape,
+                                                dtype=np.int32)
+    _rewrite(path, "indices", Ellipsis, garbage)
+    _assert_rebuilt(_cache_teacher(recipe), first, "indices.npy: token id", capsys)
+
+
+def test_a_cache_with_zeroed_log_probs_is_rebuilt(filled_cache, tmp_path, capsys):
+    recipe, path = filled_cache(tmp_path)
+    first = _arrays(path)
+    _rewrite(path, "log_probs", Ellipsis, 0.0)
+    # 8 probabilities of 1 plus the tail: the sum is the first thing that fails
+    _assert_rebuilt(_cache_teacher(recipe), first, "log_probs.npy, log_tail.npy: top-k and "
+                    "tail probabilities sum to", capsys)
+
+
+def test_valid_looking_rows_in_the_wrong_place_fail_the_checksum(filled_cache, tmp_path,
+                                                                 capsys):
+    recipe, path = filled_cache(tmp_path)
+    first = _arrays(path)
+    meta = json.loads((path / "meta.json").read_text())
+    for name in ARRAYS:  # the recorded checksum is the file's own sha256
+        digest = hashlib.sha256((path / f"{name}.npy").read_bytes()).hexdigest()
+        assert meta["files"][f"{name}.npy"]["sha256"] == digest
+    _swap_first_two_blocks(path)
+    _assert_rebuilt(_cache_teacher(recipe), first, "log_probs.npy: checksum mismatch",
+                    capsys)
+
+
+def test_a_large_cache_is_hashed_again_only_when_its_files_change(filled_cache, tmp_path,
+                                                                  capsys, monkeypatch):
+    from teachers import cache_files
+
+    monkeypatch.setattr(cache_files, "FULL_CHECK_BYTES", 0)  # this cache counts as large
+    whole_passes = []
+    real_pass = cache_files._whole_pass
+    monkeypatch.setattr(cache_files, "_whole_pass",
+                        lambda *args: whole_passes.append(1) or real_pass(*args))
+    recipe, path = filled_cache(tmp_path)
+    first = _arrays(path)
+    # A copied cache (new files) gets the whole pass once, and it is recorded
+    assert not _cache_teacher(recipe).rebuilt and len(whole_passes) == 1
+    assert (path / "verified.json").is_file()
+    # ... so the next open only samples its content
+    assert not _cache_teacher(recipe).rebuilt and len(whole_passes) == 1
+    # A write moves the file's ctime (sleep past the clock's tick): the whole pass again
+    time.sleep(0.05)
+    _swap_first_two_blocks(path)
+    _assert_rebuilt(_cache_teacher(recipe), first, "log_probs.npy: checksum mismatch",
+                    capsys)
+    assert len(whole_passes) == 3  # the failed open, then the read-back of the new fill
+
+
+@pytest.mark.parametrize("top, ids, tail, said", [
+    ([0.5, 0.25], [3, 0], 0.25, None),                # a valid position
+    ([0.5, 0.5], [1, 2], 0.0, None),                  # k = vocabulary: no tail (-inf)
+    ([0.5, 0.25], [4, 0], 0.25, "indices.npy"),       # id == vocabulary limit
+    ([0.5, 0.25], [-1, 0], 0.25, "indices.npy"),
+    ([float("nan"), 0.25], [3, 0], 0.25, "log_probs.npy: a value that is not finite"),
+    ([2.0, 0.25], [3, 0], 0.25, "log_probs.npy: log-probability"),
+    ([0.5, 0.25], [3, 0], 2.0, "log_tail.npy"),
+    ([1.0, 1.0], [3, 0], 0.25, "sum to 2.25"),        # a zeroed log_probs.npy
+    ([0.5, 0.25], [3, 0], 0.0, "sum to 0.75"),        # a tail lost
+])
+def test_content_checks_of_one_position(top, ids, tail, said):
+    from teachers.cache_files import content_problem
+
+    with np.errstate(divide="ignore"):  # log 0 = -inf: an empty tail
+        log_probs = np.log(np.array([[top]], dtype=np.float32))  # (1 block, 1 position, k=2)
+        log_tail = np.log(np.array([[tail]], dtype=np.float32))
+    problem = content_problem(log_probs, np.array([[ids]], dtype=np.int32), log_tail, 4)
+    assert problem is None if said is None else said in problem, problem
 
 
 def test_codistill_mutual_and_snapshot_run_and_resume(tmp_path: Path, cache_dir: Path):
