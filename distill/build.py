@@ -43,7 +43,8 @@ def build_models(recipe: Recipe, tokenizer, make_optimizer: Callable, cache_root
         vocab_rows=rows, efficient_moe=efficient, cache_root=Path(cache_root),
         model_config=lambda section: model_config(section, tokenizer),
         make_optimizer=make_optimizer, chunk_size=recipe.loss.chunk_size,
-        max_grad_norm=recipe.train.max_grad_norm)
+        max_grad_norm=recipe.train.max_grad_norm,
+        trust_remote_code=tuple(recipe.trust_remote_code))
     try:
         teacher = teachers.build(recipe.teacher, setup)
     except (OSError, ValueError) as exc:
@@ -51,8 +52,13 @@ def build_models(recipe: Recipe, tokenizer, make_optimizer: Callable, cache_root
     init_report = None
     if student_cfg.init == "pretrained":
         try:
-            student = students.load_pretrained(student_cfg.name_or_path, efficient)
-        except OSError as exc:
+            student = students.load_pretrained(
+                student_cfg.name_or_path, efficient,
+                students.sources.is_trusted(student_cfg.name_or_path, recipe.trust_remote_code),
+                key="student.name_or_path")
+        except (FileNotFoundError, students.sources.CustomCodeRefused) as exc:  # key named
+            raise UserError(str(exc)) from None
+        except (OSError, ValueError) as exc:
             raise UserError(f"student.name_or_path: could not load "
                             f"{student_cfg.name_or_path!r}: {exc}") from None
     else:
@@ -65,7 +71,8 @@ def build_models(recipe: Recipe, tokenizer, make_optimizer: Callable, cache_root
             except ValueError as exc:
                 raise UserError(str(exc)) from None
     shared_vocab_rows(tokenizer, student.get_output_embeddings().weight.shape[0],
-                      teacher.vocab_size, teacher.name_or_path)
+                      teacher.vocab_size, teacher.name_or_path, recipe.data.tokenizer,
+                      recipe.trust_remote_code)
     _check_positions(recipe.data.block_size, {"student": student.config,
                                               "teacher": teacher.config})
     if student_cfg.peft is not None:

@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--batches", type=int, default=16,
                             help="validation batches of 16 sequences (default 16)")
     evaluation.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluation.add_argument("--trust-remote-code", action="append", default=[], metavar="PATH",
+                            help="a model or tokenizer path whose own Python code (auto_map) "
+                                 "may run when it loads; repeat for several (default: none)")
     return parser
 
 
@@ -81,7 +84,8 @@ def _eval(args: argparse.Namespace) -> int:
 
     if args.batches < 1:
         raise UserError(f"--batches: got {args.batches}; must be >= 1.")
-    result = evaluate_target(args.target, args.teacher, args.data, args.batches)
+    result = evaluate_target(args.target, args.teacher, args.data, args.batches,
+                             args.trust_remote_code)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

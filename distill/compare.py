@@ -122,10 +122,10 @@ def _fill_cache(recipe: Recipe) -> None:
     from distill.corpus import load_corpus
     from distill.data import cache_root, prepare_data
 
-    data = prepare_data(recipe.data, load_corpus(recipe.data))
+    data = prepare_data(recipe.data, load_corpus(recipe.data), recipe.trust_remote_code)
     teacher = teachers.build(recipe.teacher, teachers.TeacherSetup(
         vocab_rows=len(data.tokenizer), efficient_moe=recipe.train.efficient_moe,
-        cache_root=cache_root(recipe.data)))
+        cache_root=cache_root(recipe.data), trust_remote_code=tuple(recipe.trust_remote_code)))
     teacher.prepare(teachers.Placement(Accelerator(cpu=recipe.train.cpu), data.train))
     print(f"teacher outputs: {'computed into' if teacher.rebuilt else 'reusing'} {teacher.path}")
 

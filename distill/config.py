@@ -320,9 +320,16 @@ class CompareConfig:
 class Recipe:
     output_dir: str = field(default="runs/quickstart", metadata=meta(
         "Directory for metrics.jsonl, config.yaml, checkpoints/ and student/."))
+    # The most numpy's seeding (inside accelerate's set_seed) takes: 2**32 is a traceback.
     seed: int = field(default=0, metadata=meta(
         "Seeds initialisation, data order and every random draw; a CPU run is reproducible.",
-        min=0))
+        min=0, max=2**32 - 1))
+    trust_remote_code: list[str] = field(default_factory=list, metadata=meta(
+        "Models and tokenizers (local directories or hub names, as the recipe writes them) "
+        "whose own Python code may run when they load: a `config.json` or "
+        "`tokenizer_config.json` whose `auto_map` names modules that transformers has no "
+        "class for. Empty by default: such a model is refused, naming its path. Name only "
+        "code you have read; every other path stays refused."))
     data: DataConfig = field(default_factory=DataConfig, metadata=meta("Text corpus and tokenizer."))
     teacher: TeacherConfig = field(default_factory=TeacherConfig, metadata=meta("The teacher."))
     student: StudentConfig = field(default_factory=StudentConfig, metadata=meta(

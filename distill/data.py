@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -41,16 +42,23 @@ def _train_bpe(texts: list[str], vocab_size: int):
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN)
 
 
-def load_tokenizer(cfg: DataConfig, corpus: Corpus):
+def load_tokenizer(cfg: DataConfig, corpus: Corpus, trusted: Sequence[str] = ()):
     """The trained BPE tokenizer (from the cache when the same text was seen before) or the
-    transformers tokenizer named by ``data.tokenizer``."""
+    transformers tokenizer named by ``data.tokenizer``, whose own code runs only if it is
+    one of the ``trusted`` paths (the recipe's trust_remote_code)."""
     from transformers import AutoTokenizer
+
+    from students.sources import CustomCodeRefused, is_trusted, pretrained
 
     if cfg.tokenizer != "bpe":
         try:
-            tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer)
+            tokenizer = pretrained(AutoTokenizer, cfg.tokenizer,
+                                   is_trusted(cfg.tokenizer, trusted), key="data.tokenizer")
+        except (CustomCodeRefused, FileNotFoundError) as exc:
+            raise UserError(str(exc)) from None
         except (OSError, ValueError) as exc:
-            raise UserError(f"data.tokenizer: could not load {cfg.tokenizer!r}: {exc}") from None
+            raise UserError(f"data.tokenizer: could not load {cfg.tokenizer!r}: "
+                            f"{' '.join(str(exc).split())}") from None
         if tokenizer.eos_token_id is None:
             raise UserError(f"data.tokenizer: {cfg.tokenizer!r} has no end-of-text token, "
                             "needed to separate packed documents.")
@@ -60,8 +68,8 @@ def load_tokenizer(cfg: DataConfig, corpus: Corpus):
         digest.update(text.encode("utf-8", "surrogatepass"))
         digest.update(b"\0")
     target = cache_root(cfg) / "tokenizers" / f"bpe-{cfg.vocab_size}-{digest.hexdigest()[:16]}"
-    if (target / "tokenizer.json").is_file():
-        return AutoTokenizer.from_pretrained(target)
+    if (target / "tokenizer.json").is_file():  # our own files: no code of theirs to trust
+        return AutoTokenizer.from_pretrained(target, trust_remote_code=False)
     tokenizer = _train_bpe(corpus.train, cfg.vocab_size)
     # Write beside the target, then rename: a concurrent or killed run never sees half a file.
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -71,7 +79,7 @@ def load_tokenizer(cfg: DataConfig, corpus: Corpus):
         os.replace(staging, target)
     except OSError:  # another process got there first; its copy is just as good
         shutil.rmtree(staging, ignore_errors=True)
-    return AutoTokenizer.from_pretrained(target)
+    return AutoTokenizer.from_pretrained(target, trust_remote_code=False)
 
 
 def pack(texts: list[str], tokenizer, block_size: int, what: str) -> torch.Tensor:
@@ -152,8 +160,8 @@ class BlockOrder:
         self._perm = self._permutation()
 
 
-def prepare_data(cfg: DataConfig, corpus: Corpus) -> PackedData:
-    tokenizer = load_tokenizer(cfg, corpus)
+def prepare_data(cfg: DataConfig, corpus: Corpus, trusted: Sequence[str] = ()) -> PackedData:
+    tokenizer = load_tokenizer(cfg, corpus, trusted)
     return PackedData(train=pack(corpus.train, tokenizer, cfg.block_size, "train"),
                       validation=pack(corpus.validation, tokenizer, cfg.block_size, "validation"),
                       tokenizer=tokenizer, description=corpus.description)

@@ -132,15 +132,12 @@ _EXPERT_COUNT = ("num_local_experts", "num_experts", "n_routed_experts", "moe_nu
 def meta_model(config: Any, name: str, source: str) -> Model:
     """Counts of any causal LM by building it on the meta device; routed experts are the
     parameters under a module named ``experts``, of which a token uses top_k / experts."""
-    import torch
-    from transformers import AutoModelForCausalLM
+    import students
 
     try:
-        with torch.device("meta"):
-            lm = AutoModelForCausalLM.from_config(config)
-    except Exception as exc:  # an architecture transformers cannot build as a causal LM
-        raise UserError(f"{name}: cannot build a causal LM from this config "
-                        f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]}).") from None
+        lm = students.build_on_meta(config)
+    except ValueError as exc:  # an architecture transformers cannot build as a causal LM
+        raise UserError(f"{name}: {exc}") from None
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     e = next((getattr(text, a) for a in _EXPERT_COUNT if getattr(text, a, None)), 0)
     k = getattr(text, "num_experts_per_tok", None) or 0

@@ -8,7 +8,8 @@ from typing import Any, Callable, Sequence
 import yaml
 
 from distill.config import Recipe, ScheduleConfig
-from distill.errors import UserError
+from distill.errors import UserError, quote
+from distill.recipe_yaml import RefusedYAML, dump_yaml, load_yaml
 from distill.schema import apply_override, build, parse_override, suggest, to_dict
 
 
@@ -21,21 +22,38 @@ def load_recipe_data(path: str | Path | None, overrides: Sequence[str] = ()) -> 
     """The recipe's mapping with the overrides applied, before it becomes a Recipe."""
     data: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"recipe file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise UserError(f"{path} is not valid YAML: {exc}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise UserError(f"{path}: a recipe must be a YAML mapping of sections, "
-                            f"got {type(loaded).__name__}.")
-        data = loaded or {}
+        data = _read_recipe_file(Path(path))
     for text in overrides:
         parts, value = parse_override(text)
         apply_override(data, parts, value)
     return data
+
+
+def _read_recipe_file(path: Path) -> dict[str, Any]:
+    """The mapping a recipe file holds; UserError for anything else a file can be."""
+    if not path.is_file():
+        raise UserError(f"recipe file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not a text recipe: byte 0x{exc.object[exc.start]:02x} at "
+                        f"offset {exc.start} is not UTF-8.") from None
+    except OSError as exc:
+        raise UserError(f"cannot read recipe {path}: {exc.strerror}.") from None
+    try:
+        loaded = load_yaml(text)
+    except RefusedYAML as exc:
+        raise UserError(f"{path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    # An empty file would run every default without a word: almost always the wrong file.
+    if loaded is None or loaded == {}:
+        raise UserError(f"recipe {path} is empty; a recipe names at least the sections it "
+                        "sets (see recipes/quickstart.yaml).")
+    if not isinstance(loaded, dict):
+        raise UserError(f"{path}: a recipe must be a YAML mapping of sections, "
+                        f"got {type(loaded).__name__}.")
+    return loaded
 
 
 def recipe_from_dict(data: dict[str, Any]) -> Recipe:
@@ -62,7 +80,7 @@ def _check_schedule(name: str, sched: ScheduleConfig, max_steps: int,
 
 def _check_name(key: str, value: str, allowed: Sequence[str]) -> None:
     if value not in allowed:
-        raise UserError(f"{key}: got {value!r}; allowed: {', '.join(allowed)}."
+        raise UserError(f"{key}: got {quote(value)}; allowed: {', '.join(allowed)}."
                         f"{suggest(value, allowed)}")
 
 
@@ -88,15 +106,49 @@ def _check_models(recipe: Recipe) -> None:
         if model is student and student.init == "pretrained":
             continue  # the checkpoint's own config is used
         try:
-            students.model_config(model.preset, model.overrides, recipe.data.vocab_size,
-                                  config_file=model.config_file)
+            config = students.model_config(model.preset, model.overrides,
+                                           recipe.data.vocab_size, config_file=model.config_file)
         except ValueError as exc:
             raise UserError(f"{key}: {exc}") from None
+        # A config that builds can still describe no model, or no causal LM: build it (and
+        # run it) on the meta device, at no memory, rather than find out after the data.
+        try:
+            students.check_buildable(config)
+        except ValueError as exc:
+            raise UserError(f"{_model_source(key, model)}: {exc}") from None
     if student.peft is not None:
         try:
             students.make_peft_config(student.peft)
         except ValueError as exc:
             raise UserError(str(exc)) from None
+
+
+def _model_source(key: str, model) -> str:
+    """The recipe keys that made a model section's config, for a message."""
+    if model.config_file:
+        return f"{key}.config_file ({model.config_file})"
+    if model.overrides:
+        return f"{key}.overrides {quote(model.overrides)} (on preset {model.preset!r})"
+    return f"{key}.preset ({model.preset!r})"
+
+
+def _check_remote_code(recipe: Recipe) -> None:
+    """What the run will load from a path, refused before any work when it needs its own
+    code and the recipe does not trust that path (the loaders refuse it too)."""
+    from students import sources
+
+    student = recipe.student
+    loaded = {"teacher.hf.name_or_path": recipe.teacher.pretrained(),
+              "student.name_or_path": student.name_or_path if student.init == "pretrained"
+              else None,
+              "data.tokenizer": recipe.data.tokenizer if recipe.data.tokenizer != "bpe" else None}
+    for key, path in loaded.items():
+        if path:
+            try:
+                sources.refuse_custom_code(
+                    path, sources.is_trusted(path, recipe.trust_remote_code), key)
+            except ValueError as exc:
+                raise UserError(str(exc)) from None
 
 
 def validate(recipe: Recipe) -> None:
@@ -106,7 +158,11 @@ def validate(recipe: Recipe) -> None:
         raise UserError("data.files: source is 'files' but no files are listed.")
     if data.source == "hub" and not data.hub_name:
         raise UserError("data.hub_name: source is 'hub' but no dataset name is given.")
+    if not recipe.output_dir.strip():
+        raise UserError(f"output_dir: got {quote(recipe.output_dir)}; name the directory the "
+                        "run writes into (an empty one would be the current directory).")
     _check_models(recipe)
+    _check_remote_code(recipe)
     steps = recipe.train.max_steps
     _check_schedule("loss.soft_weight", recipe.loss.soft_weight, steps,
                     "in [0, 1]", lambda v: 0.0 <= v <= 1.0)
@@ -120,4 +176,4 @@ def validate(recipe: Recipe) -> None:
 
 def dump_recipe(recipe: Recipe) -> str:
     """The fully resolved recipe as YAML (what ``output_dir/config.yaml`` holds)."""
-    return yaml.safe_dump(to_dict(recipe), sort_keys=False)
+    return dump_yaml(to_dict(recipe))

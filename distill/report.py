@@ -108,10 +108,12 @@ def _final_metrics(variants, base) -> dict[str, dict[str, Any]]:
 
     recipe = variants[0].recipe
     corpus = load_corpus(recipe.data)
-    tokenizer = load_tokenizer(recipe.data, corpus)
+    tokenizer = load_tokenizer(recipe.data, corpus, recipe.trust_remote_code)
     blocks = pack(corpus.validation, tokenizer, recipe.data.block_size, "validation")
     pretrained = recipe.teacher.pretrained()
-    teacher = students.load_pretrained(pretrained).eval() if pretrained else None
+    trusted = students.sources.is_trusted(pretrained, recipe.trust_remote_code)
+    teacher = students.load_pretrained(pretrained, trust_remote_code=trusted).eval() \
+        if pretrained else None
     results = {}
     for variant in variants:
         student = students.load_pretrained(str(variant.directory / "student")).eval()

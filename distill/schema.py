@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from typing import Any, Union
 
-from distill.errors import UserError
+from distill.errors import UserError, quote
 
 
 def meta(help: str, *, choices: tuple[str, ...] | None = None,
-         min: float | None = None, max: float | None = None) -> dict[str, Any]:
-    """Field metadata: the documentation and the allowed range of one recipe key."""
-    return {"help": help, "choices": choices, "min": min, "max": max}
+         min: float | None = None, max: float | None = None,
+         nonfinite: bool = False) -> dict[str, Any]:
+    """Field metadata: the documentation and the allowed range of one recipe key. NaN and
+    infinities are refused (NaN passes every comparison, so no range would stop it) unless
+    ``nonfinite`` says the field means something by them; no field does today."""
+    return {"help": help, "choices": choices, "min": min, "max": max, "nonfinite": nonfinite}
 
 
 def suggest(name: str, allowed: typing.Iterable[str]) -> str:
@@ -27,7 +31,7 @@ def suggest(name: str, allowed: typing.Iterable[str]) -> str:
 
 
 def _describe(value: Any) -> str:
-    return f"{value!r} ({type(value).__name__})"
+    return f"{quote(value)} ({type(value).__name__})"
 
 
 def _split_optional(tp: Any) -> tuple[Any, bool]:
@@ -97,18 +101,34 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     raise UserError(f"{key}: got {_describe(value)}; expected {_type_name(tp)}.")
 
 
+def _refuse_nonfinite(value: Any, key: str) -> None:
+    """NaN or an infinity anywhere in ``value`` (a number, or nested in a mapping such as
+    ``student.overrides``) stops here, named by its dotted key."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{key}: got {value!r}; must be a finite number.")
+    if isinstance(value, dict):
+        for name, item in value.items():
+            _refuse_nonfinite(item, f"{key}.{name}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _refuse_nonfinite(item, f"{key}[{i}]")
+
+
 def _check_range(value: Any, info: dict[str, Any], key: str) -> None:
     if value is None:
         return
+    if not info.get("nonfinite"):
+        _refuse_nonfinite(value, key)
     choices = info.get("choices")
     if choices and value not in choices:
         allowed = ", ".join(choices)
-        raise UserError(f"{key}: got {value!r}; allowed: {allowed}.{suggest(str(value), choices)}")
+        raise UserError(f"{key}: got {quote(value)}; allowed: {allowed}."
+                        f"{suggest(str(value)[:100], choices)}")
     low, high = info.get("min"), info.get("max")
     if low is not None and value < low:
-        raise UserError(f"{key}: got {value!r}; must be >= {low}.")
+        raise UserError(f"{key}: got {quote(value)}; must be >= {low}.")
     if high is not None and value > high:
-        raise UserError(f"{key}: got {value!r}; must be <= {high}.")
+        raise UserError(f"{key}: got {quote(value)}; must be <= {high}.")
 
 
 def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
@@ -143,20 +163,25 @@ def to_dict(obj: Any) -> Any:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``train.max_steps=50`` -> (['train', 'max_steps'], 50); the value is parsed as YAML."""
+    """``train.max_steps=50`` -> (['train', 'max_steps'], 50); the value is parsed as YAML,
+    by the recipe's own rules (no aliases, no duplicate keys)."""
     import yaml
 
+    from distill.recipe_yaml import RefusedYAML, load_yaml
+
     if "=" not in text:
-        raise UserError(f"override {text!r} is not of the form key=value "
+        raise UserError(f"override {quote(text)} is not of the form key=value "
                         "(for example train.max_steps=50).")
     key, raw = text.split("=", 1)
     parts = key.strip().split(".")
     if not all(parts):
-        raise UserError(f"override {text!r}: the key {key!r} has an empty part.")
+        raise UserError(f"override {quote(text)}: the key {quote(key)} has an empty part.")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
+    except RefusedYAML as exc:
+        raise UserError(f"override {quote(key)}: {exc}") from None
     except yaml.YAMLError:
-        value = raw
+        value = raw  # not YAML: the text itself, e.g. a path with a colon
     return parts, value
 
 

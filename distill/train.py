@@ -186,7 +186,7 @@ def _train(recipe: Recipe, resume: bool) -> RunResult:
 
     # ---- build: data, teacher and student, the student's objective and optimizer
     with accelerator.main_process_first():  # the first process trains and caches the tokenizer
-        data = prepare_data(recipe.data, load_corpus(recipe.data))
+        data = prepare_data(recipe.data, load_corpus(recipe.data), recipe.trust_remote_code)
     models = build_models(recipe, data.tokenizer, lambda model, lr: _optimizer_and_schedule(
         model, lr, train), cache_root(recipe.data))
     teacher = models.teacher

@@ -210,7 +210,8 @@ def _build(data: Mapping[str, Any], where: str, overrides: Mapping[str, Any],
             return cls(**merged)
         return getattr(cls(**{**data, TEXT_KEY: merged}), TEXT_KEY)
 
-    errors = (TypeError, ValueError, KeyError, StrictDataclassError)
+    # ArithmeticError: a class deriving a size divides by another (num_attention_heads: 0).
+    errors = (TypeError, ValueError, KeyError, ArithmeticError, StrictDataclassError)
     try:
         return build(overrides)
     except errors as exc:

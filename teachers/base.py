@@ -54,6 +54,8 @@ class TeacherSetup:
     make_optimizer: Callable[[torch.nn.Module, float], tuple[Any, Any]] | None = None
     chunk_size: int = 256            # tokens per chunk of the fused loss
     max_grad_norm: float = 1.0       # gradient clipping of a model that trains
+    # Paths whose own code may run when they load (the recipe's trust_remote_code).
+    trust_remote_code: tuple[str, ...] = ()
 
 
 @dataclass

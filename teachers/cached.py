@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import students
 from losses.outputs import TopK
 from teachers import cache_files
 from teachers.base import MicroBatch, Placement, Teacher, TeacherSetup
@@ -77,11 +78,12 @@ class CachedTeacher(Teacher):
 
     def __init__(self, name_or_path: str, top_k: int, cache_dir: Path, batch_size: int,
                  vocab_rows: int, dtype: str = "float32", device_map: str | None = None,
-                 efficient_moe: bool = True) -> None:
+                 efficient_moe: bool = True, trust_remote_code: bool = False) -> None:
         from transformers import AutoConfig
 
         self.name_or_path = name_or_path
-        self.config = AutoConfig.from_pretrained(name_or_path)
+        self.config = students.sources.pretrained(AutoConfig, name_or_path, trust_remote_code,
+                                                  key="teacher.hf.name_or_path")
         # The text model's vocabulary for a multimodal checkpoint (what the hf teacher runs).
         text = self.config.get_text_config() if hasattr(self.config, "get_text_config") \
             else self.config
@@ -91,7 +93,8 @@ class CachedTeacher(Teacher):
         self.cache_root = Path(cache_dir)
         self.batch_size = batch_size
         self._load = lambda: HFTeacher(name_or_path, vocab_rows, dtype, device_map,
-                                       efficient_moe=efficient_moe)
+                                       efficient_moe=efficient_moe,
+                                       trust_remote_code=trust_remote_code)
         self.path: Path | None = None
         self.rebuilt = False  # whether this run filled the cache (for logs and tests)
         self._arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
@@ -183,7 +186,8 @@ def build(cfg, setup: TeacherSetup) -> CachedTeacher:
     hf, cached = cfg.hf, cfg.cached
     root = Path(cached.cache_dir) if cached.cache_dir else Path(setup.cache_root) / "teacher-outputs"
     return CachedTeacher(hf.name_or_path, cached.top_k, root, cached.batch_size,
-                         setup.vocab_rows, hf.dtype, hf.device_map, setup.efficient_moe)
+                         setup.vocab_rows, hf.dtype, hf.device_map, setup.efficient_moe,
+                         students.sources.is_trusted(hf.name_or_path, setup.trust_remote_code))
 
 
 def check(cfg) -> None:

@@ -19,7 +19,7 @@ class HFTeacher(Teacher):
 
     def __init__(self, name_or_path: str, vocab_rows: int, dtype: str = "float32",
                  device_map: str | None = None, shard: bool = False,
-                 efficient_moe: bool = True) -> None:
+                 efficient_moe: bool = True, trust_remote_code: bool = False) -> None:
         kwargs = {"dtype": DTYPES[dtype]}
         if device_map is not None:  # spread over devices by accelerate's big-model loading
             kwargs["device_map"] = device_map
@@ -27,7 +27,8 @@ class HFTeacher(Teacher):
         self.vocab_rows = vocab_rows
         self.device_map = device_map
         self.shard = shard
-        self.model = students.load_pretrained(name_or_path, efficient_moe, **kwargs)
+        self.model = students.load_pretrained(name_or_path, efficient_moe, trust_remote_code,
+                                              key="teacher.hf.name_or_path", **kwargs)
         self.model.eval()
         self.model.requires_grad_(False)
         if shard:
@@ -73,7 +74,8 @@ class HFTeacher(Teacher):
 def build(cfg, setup: TeacherSetup) -> HFTeacher:
     hf = cfg.hf
     return HFTeacher(hf.name_or_path, setup.vocab_rows, hf.dtype, hf.device_map, hf.shard,
-                     setup.efficient_moe)
+                     setup.efficient_moe,
+                     students.sources.is_trusted(hf.name_or_path, setup.trust_remote_code))
 
 
 def check(cfg) -> None:

@@ -140,3 +140,19 @@ def test_eval_command_on_a_run_and_on_a_model(finished_run: Path, tmp_path: Path
     assert missing.returncode == 2 and "neither a run directory" in missing.stderr
     zero = run_cli("eval", str(finished_run), "--batches", "0")
     assert zero.returncode == 2 and "--batches: got 0" in zero.stderr
+
+
+def test_eval_of_truncated_weights_exits_2_with_the_file_named(finished_run: Path,
+                                                               tmp_path: Path):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(finished_run / "student", model)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a cut-off copy
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("\n".join(f"def f{i}(x):\n    return x + {i}" for i in range(300)))
+    result = run_cli("eval", str(model), "--data", str(text_file))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert f"cannot read the weights of {model} (SafetensorError" in result.stderr

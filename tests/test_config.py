@@ -106,3 +106,104 @@ def test_recipe_reference_doc_is_current():
     doc = (REPO / "docs" / "recipe-reference.md").read_text()
     assert reference_markdown(Recipe) in doc, \
         "docs/recipe-reference.md is stale: run `python -m distill.reference > docs/recipe-reference.md`"
+
+
+def _float_keys(cls: type, prefix: str = "") -> list[str]:
+    """Every float field of the schema, schedules' included, found by walking the dataclasses
+    (a field added later is covered without this list changing)."""
+    import dataclasses
+    import typing
+
+    keys = []
+    for f in dataclasses.fields(cls):
+        tp = typing.get_type_hints(cls)[f.name]
+        inner = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+        if inner == [float]:
+            keys.append(f"{prefix}{f.name}")
+        elif len(inner) == 1 and dataclasses.is_dataclass(inner[0]):
+            keys += _float_keys(inner[0], f"{prefix}{f.name}.")
+    return keys
+
+
+def test_nan_and_infinities_are_refused_in_every_float_field():
+    keys = _float_keys(Recipe)
+    # 9 plain numbers (train.lr, data.validation_fraction, ...) and 5 schedules x 5 floats
+    assert len(keys) >= 9 + 5 * 5 and "train.lr" in keys and "loss.temperature.end" in keys
+    for key in keys:
+        for text, shown in ((".nan", "nan"), (".inf", "inf"), ("-.inf", "-inf")):
+            with pytest.raises(UserError, match=rf"^{key}: got {shown}; must be a finite number"):
+                load_recipe(QUICKSTART, [f"{key}={text}"])
+    # nested in a mapping: the model's overrides
+    with pytest.raises(UserError, match=r"^student.overrides.rms_norm_eps: got nan"):
+        load_recipe(QUICKSTART, ["student.overrides.rms_norm_eps=.nan"])
+
+
+def test_seed_is_one_numpy_and_torch_can_take():
+    import numpy as np
+
+    np.random.seed(2**32 - 1)          # what accelerate's set_seed calls, with torch's
+    with pytest.raises(ValueError):
+        np.random.seed(2**32)
+    assert load_recipe(QUICKSTART, [f"seed={2**32 - 1}"]).seed == 4294967295
+    with pytest.raises(UserError, match=r"^seed: got 4294967296; must be <= 4294967295"):
+        load_recipe(QUICKSTART, ["seed=4294967296"])
+
+
+def _alias_bomb(levels: int) -> str:
+    """data.files whose level i lists level i-1 nine times: 9**levels strings in ~300 bytes."""
+    lines = ["data:", "  files:", "    - &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"    - &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_yaml_anchors_and_aliases_are_refused_in_recipes_and_overrides(tmp_path: Path):
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(_alias_bomb(6))
+    assert len(bomb.read_bytes()) < 500
+    with pytest.raises(UserError) as error:
+        load_recipe(bomb)
+    assert str(error.value) == (f"{bomb}: line 3: YAML anchors and aliases (&l0) are not "
+                                "allowed in a recipe; write the value out in full.")
+    with pytest.raises(UserError, match=r"^override 'data.files': line 1: YAML anchors"):
+        load_recipe(QUICKSTART, ["data.files=[&a x.txt, *a]"])
+
+
+def test_messages_quote_at_most_a_few_hundred_characters_of_a_value():
+    for override in ["data.source=" + "w" * 100_000,                   # a choice
+                     "data.files=" + "[" * 1000 + "]" * 1000,          # a type
+                     "data.vocab_size=" + "9" * 4000,                  # a range
+                     "train.max_steps=" + "9" * 5000]:                 # past int() itself
+        with pytest.raises(UserError) as error:
+            load_recipe(QUICKSTART, [override])
+        assert len(str(error.value)) < 500, str(error.value)[:1000]
+
+
+def test_duplicate_keys_are_refused_with_their_line(tmp_path: Path):
+    text = QUICKSTART.read_text()
+    first = text.splitlines().index("train:") + 1
+    twice = tmp_path / "twice.yaml"
+    twice.write_text(text + "train:\n  max_steps: 5\n")
+    second = len(text.splitlines()) + 1
+    with pytest.raises(UserError, match=rf"duplicate key 'train' at line {second} "
+                                        rf"\(first at line {first}\)"):
+        load_recipe(twice)
+    with pytest.raises(UserError, match="duplicate key 'hidden_size' at line 1"):
+        load_recipe(QUICKSTART, ["student.overrides={hidden_size: 32, hidden_size: 64}"])
+
+
+def test_empty_binary_recipes_and_an_empty_output_dir_are_refused(tmp_path: Path):
+    for name, content in (("empty.yaml", ""), ("comments.yaml", "# nothing yet\n"),
+                          ("braces.yaml", "{}\n")):
+        (tmp_path / name).write_text(content)
+        with pytest.raises(UserError, match=rf"^recipe {tmp_path / name} is empty"):
+            load_recipe(tmp_path / name)
+    binary = tmp_path / "model.yaml"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    with pytest.raises(UserError, match=r"is not a text recipe: byte 0x89 at offset 0"):
+        load_recipe(binary)
+    for value in ("", "  "):
+        with pytest.raises(UserError, match="^output_dir: got '.*'; name the directory"):
+            load_recipe(QUICKSTART, [f"output_dir={value}"])
+    result = run_cli("run", str(binary), timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "is not a text recipe" in result.stderr

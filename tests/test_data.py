@@ -119,7 +119,8 @@ def test_any_transformers_tokenizer_by_path(tmp_path, cache_dir):
     load_tokenizer(cfg, corpus).save_pretrained(tmp_path / "tok")
     other = DataConfig(max_chars=30_000, tokenizer=str(tmp_path / "tok"))
     assert len(load_tokenizer(other, corpus)) == 350
-    with pytest.raises(UserError, match="data.tokenizer: could not load"):
+    with pytest.raises(UserError, match=rf"^data.tokenizer: could not load "
+                                        rf"'{tmp_path / 'missing'}': it does not exist"):
         load_tokenizer(DataConfig(tokenizer=str(tmp_path / "missing")), corpus)
 
 

@@ -145,6 +145,49 @@ def test_config_json_keeps_and_refuses_what_autoconfig_does(tmp_path: Path):
         AutoConfig.from_pretrained(published)
 
 
+@pytest.mark.parametrize("key", ["student", "teacher.codistill.model"])
+@pytest.mark.parametrize("override, problem", [
+    ("num_attention_heads=0", "ZeroDivisionError"),
+    ("hidden_size=-64", "negative dimension -64"),
+    # shapes that only meet in the forward: scout-tiny has 16 experts and 4 query heads
+    ("num_local_experts=0", "cannot run"),
+    ("num_experts_per_tok=17", "cannot run"),
+    ("num_key_value_heads=3", "cannot run"),
+])
+def test_impossible_model_shapes_are_refused_before_any_work(key, override, problem):
+    name, value = override.split("=")
+    with pytest.raises(UserError, match=rf"^{key}.overrides \{{.*'{name}': {value}.*\}} "
+                                        rf"\(on preset 'scout-tiny'\): .*{problem}"):
+        load_recipe(QUICKSTART, [f"{key}.overrides.{override}"])
+
+
+def test_config_files_that_are_no_causal_lm_or_no_model_are_refused(tmp_path: Path):
+    from transformers import LlamaConfig, T5Config, ViTConfig
+
+    T5Config(d_model=32, d_ff=64, num_layers=1, num_heads=2).save_pretrained(tmp_path / "t5")
+    ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+              intermediate_size=32).save_pretrained(tmp_path / "vit")
+    for key in ("student", "teacher.codistill.model"):
+        for name, cls in (("t5", "T5Config"), ("vit", "ViTConfig")):
+            path = tmp_path / name
+            with pytest.raises(UserError, match=rf"^{key}.config_file \({path}\): a '{name}' "
+                                                rf"config is not a causal language model.*{cls}"):
+                load_recipe(QUICKSTART, [f"{key}.config_file={path}", f"{key}.overrides={{}}"])
+    # a class that derives its head width divides by the heads: 0 heads is refused, not raised
+    LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                num_attention_heads=2).save_pretrained(tmp_path / "llama")
+    with pytest.raises(UserError, match=r"^student: invalid model config with overrides "
+                                        r"\{'num_attention_heads': 0\}.*modulo by zero"):
+        load_recipe(QUICKSTART, [f"student.config_file={tmp_path / 'llama'}",
+                                 "student.overrides={num_attention_heads: 0}"])
+
+
+@pytest.mark.parametrize("name", ["scout", "maverick", "behemoth"])
+def test_published_presets_pass_the_meta_device_check(name):
+    # the check that refuses impossible shapes builds and runs these at full size, on meta
+    students.check_buildable(students.model_config(name, {}, vocab_size=202048))
+
+
 def test_from_teacher_copies_chosen_layers_and_experts():
     torch.manual_seed(0)
     teacher = students.build_model(students.model_config(

@@ -327,6 +327,24 @@ def test_vocabulary_mismatches_are_refused_before_training(finished_run, tmp_pat
         run(_recipe(tmp_path / "b", cache_dir, **{"teacher.kind": "hf",
                                                   "teacher.hf.name_or_path": str(other),
                                                   "data.vocab_size": 511}))
+    # same size, no tokenizer files: which token each row is cannot be known, so no guess
+    bare = _save_teacher(tmp_path / "bare", 512)
+    for kind in ("hf", "cached"):
+        with pytest.raises(UserError, match=f"the teacher {bare} has no tokenizer files, so "
+                                            "whether its vocabulary is the data's"):
+            run(_recipe(tmp_path / f"c-{kind}", cache_dir, **{
+                "teacher.kind": kind, "teacher.hf.name_or_path": str(bare),
+                "teacher.cached.cache_dir": str(tmp_path / "cache")}))
+        assert not (tmp_path / f"c-{kind}" / "metrics.jsonl").exists()
+
+
+def test_a_teacher_path_that_does_not_exist_is_named(tmp_path: Path, cache_dir: Path):
+    missing = tmp_path / "no" / "such" / "teacher"
+    for kind in ("hf", "cached"):
+        with pytest.raises(UserError, match=rf"teacher.hf.name_or_path: could not load "
+                                            rf"'{missing}': it does not exist"):
+            run(_recipe(tmp_path / kind, cache_dir, **{"teacher.kind": kind,
+                                                       "teacher.hf.name_or_path": str(missing)}))
 
 
 def test_teacher_none_pretrains_hard_targets_only(tmp_path: Path, cache_dir: Path):
