@@ -140,3 +140,16 @@ def test_eval_command_on_a_run_and_on_a_model(finished_run: Path, tmp_path: Path
     assert missing.returncode == 2 and "neither a run directory" in missing.stderr
     zero = run_cli("eval", str(finished_run), "--batches", "0")
     assert zero.returncode == 2 and "--batches: got 0" in zero.stderr
+
+
+def test_an_interrupted_variant_resumes_from_a_checkpoint_or_starts_over(tmp_path: Path):
+    """--resume refuses a run without a checkpoint, so a variant stopped before its first
+    one starts over (its partial log removed) instead of failing."""
+    from distill.compare import _resume_args
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0, "val_loss": 6.0}\n')
+    assert _resume_args(tmp_path) == [] and not (tmp_path / "metrics.jsonl").exists()
+    checkpoint = tmp_path / "checkpoints" / "step-00000003"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text('{"step": 3}')
+    assert _resume_args(tmp_path) == ["--resume"]
