@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from typing import Sequence
 
@@ -125,17 +126,30 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's stop, `kill`, torchrun stopping its workers) raised in the main
+    thread: the run unwinds as on Ctrl-C (locks released, partial writes removed), and its
+    checkpoints stay resumable."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         commands = {"inspect": _inspect, "eval": _eval, "compare": _compare, "run": _run}
         return commands[args.command](args)
     except (UserError, TrainingStopped) as exc:
         print(f"distill: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        # 128 + the signal's number, as a shell reports a process that signal ended: 130 for
+        # SIGINT (Ctrl-C), 143 for SIGTERM, so a scheduler can tell which one stopped the run.
         print("distill: interrupted; resume with --resume", file=sys.stderr)
-        return 130
+        return 143 if isinstance(exc, Terminated) else 130
 
 
 if __name__ == "__main__":

@@ -100,15 +100,23 @@ def _distill(args: list[str], log: Path, threads: int | None = None) -> int:
                               stderr=subprocess.STDOUT, env=env).returncode
 
 
+def _resume_args(directory: Path) -> list[str]:
+    """``--resume`` for a run interrupted after a checkpoint; a run interrupted before its
+    first has nothing to resume (--resume refuses it): its log goes and it starts over."""
+    if complete_checkpoints(directory):
+        return ["--resume"]
+    (directory / "metrics.jsonl").unlink(missing_ok=True)
+    return []
+
+
 def _train_teacher(base: Recipe, out: Path) -> None:
     teacher_dir = out / "teacher"
     if (teacher_dir / "student" / "config.json").is_file():
         print(f"teacher: reusing {teacher_dir / 'student'}")
         return
     teacher_dir.mkdir(parents=True, exist_ok=True)
-    args = ["run", base.compare.teacher_recipe, f"output_dir={teacher_dir}"]
-    if complete_checkpoints(teacher_dir):
-        args.append("--resume")
+    args = ["run", base.compare.teacher_recipe, f"output_dir={teacher_dir}",
+            *_resume_args(teacher_dir)]
     print(f"teacher: training with {base.compare.teacher_recipe} (log: {teacher_dir}/log.txt)")
     if _distill(args, teacher_dir / "log.txt") != 0:
         raise UserError(f"the teacher recipe failed; see {teacher_dir / 'log.txt'}")
@@ -137,9 +145,7 @@ def _run_variant(variant: Variant, threads: int | None) -> dict[str, Any]:
     variant.directory.mkdir(parents=True, exist_ok=True)
     recipe_file = variant.directory / "recipe.yaml"
     recipe_file.write_text(dump_recipe(variant.recipe))
-    args = ["run", str(recipe_file)]
-    if (variant.directory / "metrics.jsonl").exists():  # interrupted earlier: continue it
-        args.append("--resume")
+    args = ["run", str(recipe_file), *_resume_args(variant.directory)]  # interrupted: continue
     start = time.perf_counter()
     code = _distill(args, variant.directory / "log.txt", threads)
     if code != 0:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from distill.checkpoint import complete_checkpoints
+from distill.checkpoint import last_complete
 from distill.errors import TrainingStopped
 from distill.evaluation import evaluate_lm
 from distill.metrics import MetricsLog
@@ -36,9 +36,9 @@ class NonFiniteGuard:
         self.skipped_in_a_row += 1
         if bad is not None and (self.stop_on_nonfinite
                                 or self.skipped_in_a_row > self.max_skipped):
-            last = (complete_checkpoints(self.output_dir) or ["none"])[-1]
             raise TrainingStopped(f"{reason} at step {step + 1}; the run stopped before the "
-                                  f"optimizer step. Last good checkpoint: {last}")
+                                  "optimizer step. Last good checkpoint: "
+                                  f"{last_complete(self.output_dir)}")
         return reason
 
 

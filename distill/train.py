@@ -22,11 +22,14 @@ import torch
 import losses
 import students
 from distill.build import build_models, write_init_report
-from distill.checkpoint import complete_checkpoints, load_latest_checkpoint, save_checkpoint
+from distill.checkpoint import (complete_checkpoints, load_latest_checkpoint, remove_leftovers,
+                               require_checkpoint, save_checkpoint, writes_to)
 from distill.config import Recipe
 from distill.corpus import load_corpus
 from distill.data import BlockOrder, cache_root, prepare_data, split_block
 from distill.errors import UserError
+from distill.files import write_atomic
+from distill.fingerprint import built_fingerprint, check_built, check_recipe, write_fingerprint
 from distill.lock import OutputDirLock
 from distill.metrics import MetricsLog
 from distill.model_card import architecture, write_model_card
@@ -54,11 +57,14 @@ def _check_output_dir(output_dir: Path, resume: bool) -> None:
 
 def _save_model(model, tokenizer, target: Path, card: dict) -> None:
     """save_pretrained (and a model card) into a staging directory, then rename: the
-    target is whole or absent."""
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".staging-{target.name}-"))
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    write_model_card(staging, shown_path=target, architecture_line=architecture(model), **card)
+    target is whole or absent. A failed write removes its staging directory."""
+    with writes_to(f"{target}/", target.parent) as partial:
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".staging-{target.name}-"))
+        partial.append(staging)
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        write_model_card(staging, shown_path=target, architecture_line=architecture(model),
+                         **card)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(staging, target)
 
@@ -174,6 +180,9 @@ def _train(recipe: Recipe, resume: bool) -> RunResult:
 
     train = recipe.train
     output_dir = Path(recipe.output_dir)
+    if resume:  # refused before anything is built or written when it cannot be safe
+        require_checkpoint(output_dir)
+        check_recipe(output_dir, recipe)
     # Schedules count optimizer steps, so the scheduler must step once per optimizer step
     # whatever the number of processes (accelerate's default steps it num_processes times).
     accelerator = Accelerator(gradient_accumulation_steps=train.grad_accum_steps,
@@ -182,6 +191,7 @@ def _train(recipe: Recipe, resume: bool) -> RunResult:
     main = accelerator.is_main_process
     if main:
         output_dir.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(output_dir)  # under the lock (see run): no write of ours is under way
     set_seed(recipe.seed)
 
     # ---- build: data, teacher and student, the student's objective and optimizer
@@ -196,14 +206,16 @@ def _train(recipe: Recipe, resume: bool) -> RunResult:
                               router_aux=max(aux.start, aux.end) > 0,
                               vocab_rows=models.vocab_rows)
     optimizer, scheduler = _optimizer_and_schedule(student, train.lr, train)
+    built = built_fingerprint(data.tokenizer, data.train, data.validation,
+                              models.student.config, teacher.config)
+    if resume:
+        check_built(output_dir, built)
 
     # ---- prepare: the student on accelerate, then the teacher (placed, cache filled, or
     # its own module and optimizer prepared), then the prefetcher and the data order
     student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
     teacher.prepare(Placement(accelerator, data.train, hidden=fused, student_outputs=lambda ids:
                               student(ids, None, None, 0, 1, outputs_only=True)[1]))
-    if main:
-        write_init_report(models.init_report, output_dir)
     prefetch = TeacherPrefetch(teacher, _use_prefetch(recipe.teacher.prefetch, teacher,
                                                       accelerator.device),
                                context=accelerator.autocast, device=accelerator.device)
@@ -214,15 +226,23 @@ def _train(recipe: Recipe, resume: bool) -> RunResult:
                        accelerator.process_index, accelerator.num_processes)
 
     start_step, tokens_seen, first_val_loss = 0, 0, None
-    state = load_latest_checkpoint(accelerator, output_dir) if resume else None
-    if state is not None:
+    if resume:  # a UserError, having changed nothing, when no checkpoint loads
+        state = load_latest_checkpoint(accelerator, output_dir)
         start_step, tokens_seen = state["step"], state["tokens"]
         first_val_loss = state.get("first_val_loss")
         order.load_state_dict(state["data_order"])
+        if start_step > train.max_steps:
+            raise UserError(f"train.max_steps: got {train.max_steps}, but the run resumes from "
+                            f"its checkpoint of step {start_step}; use train.max_steps >= "
+                            f"{start_step}.")
+    # ---- from here on the run writes into output_dir
     log = MetricsLog(output_dir / "metrics.jsonl", enabled=main)
     log.truncate_after(start_step, train.max_steps)
     if main:
-        (output_dir / "config.yaml").write_text(dump_recipe(recipe))
+        with writes_to("the run's record (config.yaml, run_fingerprint.json)", output_dir):
+            write_fingerprint(output_dir, recipe, built)
+            write_atomic(output_dir / "config.yaml", dump_recipe(recipe))
+            write_init_report(models.init_report, output_dir)
     evaluate = Validator(accelerator, data.validation, train.eval_batch_size,
                          train.eval_batches, log, teacher)
     if start_step == 0:

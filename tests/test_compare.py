@@ -156,3 +156,16 @@ def test_eval_of_truncated_weights_exits_2_with_the_file_named(finished_run: Pat
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert f"cannot read the weights of {model} (SafetensorError" in result.stderr
+
+
+def test_an_interrupted_variant_resumes_from_a_checkpoint_or_starts_over(tmp_path: Path):
+    """--resume refuses a run without a checkpoint, so a variant stopped before its first
+    one starts over (its partial log removed) instead of failing."""
+    from distill.compare import _resume_args
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0, "val_loss": 6.0}\n')
+    assert _resume_args(tmp_path) == [] and not (tmp_path / "metrics.jsonl").exists()
+    checkpoint = tmp_path / "checkpoints" / "step-00000003"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text('{"step": 3}')
+    assert _resume_args(tmp_path) == ["--resume"]

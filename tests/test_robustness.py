@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import errno
+import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from distill.checkpoint import complete_checkpoints
-from distill.errors import CheckpointError, TrainingStopped, UserError
+from distill.errors import CheckpointError, DiskFull, TrainingStopped, UserError
 from distill.lock import OutputDirLock
 from distill.metrics import read_metrics
 from distill.recipe import load_recipe
 from distill.train import run
-from tests.conftest import QUICKSTART, tiny_overrides
+from tests.conftest import QUICKSTART, REPO, run_cli, tiny_overrides
 
 
 def _recipe(out: Path, cache_dir: Path, **extra):
@@ -133,3 +140,142 @@ def test_output_dir_in_use_by_a_running_run_is_refused(tmp_path: Path, cache_dir
             run(_recipe(out, cache_dir), resume=True)
     # released on leaving the block: the run may start now
     run(_recipe(out, cache_dir, **{"train.max_steps": 1, "train.checkpoint_every": 0}))
+
+
+def _no_space() -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_disk_while_checkpointing_says_so_and_frees_the_staging(tmp_path, cache_dir,
+                                                                       monkeypatch):
+    """Failure 4: torch reports a full disk as a RuntimeError of its own words, and the
+    staging directory stayed on the full disk for the next --resume to trip over."""
+    from accelerate import Accelerator
+
+    real = Accelerator.save_state
+    calls = []
+
+    def full(self, output_dir=None, **kwargs):
+        calls.append(output_dir)
+        if len(calls) == 2:  # the second checkpoint: part written, then the disk is full
+            Path(output_dir, "optimizer.bin").write_bytes(bytes(4096))
+            raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter "
+                               "failed writing file data/3: file write failed")
+        return real(self, output_dir, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "save_state", full)
+    out = tmp_path / "run"
+    with pytest.raises(DiskFull) as stopped:
+        run(_recipe(out, cache_dir))
+    staging = out / "checkpoints" / ".staging-step-00000006"
+    assert str(stopped.value).startswith(
+        f"no space left on device while writing the checkpoint of step 6 ({staging}) ")
+    assert str(stopped.value).endswith(
+        f"; the last complete checkpoint is intact: {out / 'checkpoints' / 'step-00000003'}; "
+        "free space and run again with --resume")
+    assert not staging.exists()
+    assert [p.name for p in complete_checkpoints(out)] == ["step-00000003"]
+
+
+def test_a_full_disk_while_saving_the_student_says_so_and_resume_saves_it(tmp_path, cache_dir,
+                                                                          monkeypatch):
+    """Failure 4: a failed student save was a traceback and left .staging-student-*."""
+    from transformers import PreTrainedModel
+
+    real = PreTrainedModel.save_pretrained
+
+    def full(self, directory, *args, **kwargs):
+        Path(directory, "model.safetensors").write_bytes(bytes(1024))
+        raise _no_space()
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", full)
+    out = tmp_path / "run"
+    last = out / "checkpoints" / "step-00000006"
+    with pytest.raises(DiskFull, match=f"^no space left on device while writing {out}/student/ "
+                                       r"\(OSError: \[Errno 28\] No space left on device\); "
+                                       f"the last complete checkpoint is intact: {last}; "):
+        run(_recipe(out, cache_dir))
+    assert not list(out.glob(".staging-*")) and not (out / "student").exists()
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", real)
+    run(_recipe(out, cache_dir), resume=True)
+    assert (out / "student" / "config.json").is_file()
+
+
+def test_a_full_disk_while_logging_tears_a_line_that_resume_repairs(tmp_path, cache_dir,
+                                                                    monkeypatch):
+    """Failures 3 and 4: the disk fills while a metrics row is appended; the torn line used
+    to make every later --resume crash with a JSONDecodeError."""
+    import distill.metrics as metrics_module
+
+    appends = []
+
+    def full_at_the_sixth_row(path, mode="r", **kwargs):
+        handle = open(path, mode, **kwargs)
+        if mode == "a":
+            appends.append(path)
+            if len(appends) == 6:  # rows: evaluation at step 0, then steps 1-5
+                handle.write('{"step": 5, "tokens": 640, "lr": 0.0')
+                handle.close()
+                raise _no_space()
+        return handle
+
+    monkeypatch.setattr(metrics_module, "open", full_at_the_sixth_row, raising=False)
+    out = tmp_path / "run"
+    with pytest.raises(DiskFull, match=f"while writing {out / 'metrics.jsonl'} .*intact: "
+                                       f"{out / 'checkpoints' / 'step-00000003'};"):
+        run(_recipe(out, cache_dir))
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [0, 1, 2, 3, 4]
+    monkeypatch.undo()
+    run(_recipe(out, cache_dir), resume=True)
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]  # every line whole again
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
+
+
+def test_only_the_last_metrics_line_may_be_torn(tmp_path: Path):
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "lo')
+    assert read_metrics(log) == [{"step": 1}, {"step": 2}]
+    log.write_text('{"step": 1}\n{"ste\n{"step": 3}\n')
+    with pytest.raises(UserError, match=r"metrics.jsonl: line 2 is not a JSON object"):
+        read_metrics(log)
+
+
+def test_leftovers_of_failed_or_killed_writes_are_removed_at_the_next_start(tmp_path, cache_dir,
+                                                                            capsys):
+    """Failure 4: staging directories of a write killed half way (a SIGKILL during the
+    student's save, a checkpoint's) stayed for good."""
+    out = tmp_path / "run"
+    run(_recipe(out, cache_dir, **{"train.max_steps": 3}))
+    leftovers = [out / ".staging-student-k1", out / ".staging-teacher-k2",
+                 out / "checkpoints" / ".staging-step-00000006"]
+    for leftover in leftovers:
+        leftover.mkdir()
+        (leftover / "model.safetensors").write_bytes(bytes(100))
+    (out / "metrics.jsonl.tmp").write_text('{"step"')
+    run(_recipe(out, cache_dir, **{"train.max_steps": 3}), resume=True)
+    assert not any(p.exists() for p in [*leftovers, out / "metrics.jsonl.tmp"])
+    assert f"removing {leftovers[0]}, left by an interrupted or failed write" in \
+        capsys.readouterr().out
+
+
+def test_sigterm_stops_like_ctrl_c_and_the_run_resumes(tmp_path: Path, cache_dir: Path):
+    out = tmp_path / "term"
+    args = ["run", QUICKSTART, *tiny_overrides(out, cache_dir, **{"train.max_steps": 24})]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "distill", *args], cwd=REPO, env=env,
+                                stdout=subprocess.DEVNULL, stderr=stderr)
+        deadline = time.time() + 300
+        while not complete_checkpoints(out) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    said = (tmp_path / "stderr.txt").read_text()
+    assert proc.returncode == 143, said[-3000:]
+    assert "distill: interrupted; resume with --resume" in said and "Traceback" not in said
+    assert not (out / ".lock").exists() and not (out / "student").exists()
+    resumed = run_cli(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r] == \
+        list(range(1, 25))
