@@ -96,22 +96,24 @@ def _blocks(blocks: torch.Tensor) -> str:
     return f"{rows} blocks of {width} tokens, sha256 {digest}"
 
 
-def _config(config) -> dict[str, Any]:
-    return {key: value for key, value in config.to_dict().items()
-            if not key.startswith("_") and key not in _CONFIG_METADATA}
+def _identity(values: dict[str, Any], role: str) -> dict[str, Any]:
+    """A model's identity flattened under ``role``, without what describes the file."""
+    return {key: value for key, value in _flatten(values, role).items()
+            if not key.rsplit(".", 1)[-1].startswith("_")
+            and key.rsplit(".", 1)[-1] not in _CONFIG_METADATA}
 
 
 def built_fingerprint(tokenizer, train_blocks: torch.Tensor, validation_blocks: torch.Tensor,
-                      student_config, teacher_config) -> dict[str, Any]:
-    """What the run built: model configs (None for a teacher without a model), the
-    tokenizer's vocabulary and the packed data (hashing it reads every token once)."""
+                      student_config, teacher_identity: dict[str, Any]) -> dict[str, Any]:
+    """What the run built: the student's config, the teacher's identity
+    (``Teacher.identity``: its config, or what a served teacher answered), the tokenizer's
+    vocabulary and the packed data (hashing it reads every token once)."""
     vocab = json.dumps(sorted(tokenizer.get_vocab().items())).encode()
     keys: dict[str, Any] = {"tokenizer": f"{len(tokenizer)} tokens, sha256 {_sha256(vocab)}",
                             "data.train_blocks": _blocks(train_blocks),
                             "data.validation_blocks": _blocks(validation_blocks)}
-    for role, config in (("student", student_config), ("teacher", teacher_config)):
-        if config is not None:
-            keys.update(_flatten(_config(config), f"{role}.config"))
+    keys.update(_identity({"config": student_config.to_dict()}, "student"))
+    keys.update(_identity(teacher_identity, "teacher"))
     return _plain(keys)
 
 

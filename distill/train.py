@@ -207,7 +207,7 @@ def _train(recipe: Recipe, resume: bool) -> RunResult:
                               vocab_rows=models.vocab_rows)
     optimizer, scheduler = _optimizer_and_schedule(student, train.lr, train)
     built = built_fingerprint(data.tokenizer, data.train, data.validation,
-                              models.student.config, teacher.config)
+                              models.student.config, teacher.identity())
     if resume:
         check_built(output_dir, built)
 

@@ -93,6 +93,11 @@ class Teacher(abc.ABC):
     def outputs(self, batch: MicroBatch) -> TeacherOutput | None:
         """What the student learns from for ``batch``, cut to the shared vocabulary."""
 
+    def identity(self) -> dict[str, Any]:
+        """What makes its outputs what they are, recorded in the run's fingerprint so that a
+        resume against another teacher is refused: its model config by default."""
+        return {} if self.config is None else {"config": self.config.to_dict()}
+
     def load_weights(self) -> torch.nn.Module:
         """The teacher's causal LM, loaded if it is not in memory (a student initialised
         ``from_teacher`` copies from it). Raises ValueError for a teacher without one."""
