@@ -121,9 +121,12 @@ def draw_step(order: BlockOrder, blocks: torch.Tensor, step: int, micro_batches:
 
 
 def _use_prefetch(mode: str, teacher: Teacher, device: torch.device) -> bool:
-    """Run the teacher one micro-batch ahead where it can (see ``Teacher.runs_ahead``): on
-    CUDA by default; the recipe check refuses 'on' for teachers that cannot."""
-    return teacher.runs_ahead and (mode == "on" or (mode == "auto" and device.type == "cuda"))
+    """Run the teacher one micro-batch ahead where it can (see ``Teacher.runs_ahead``): by
+    default on CUDA, or where the teacher mostly waits on I/O (on a CPU a teacher that
+    computes would compete with the student for the same cores); the recipe check refuses
+    'on' for teachers that cannot."""
+    auto = device.type == "cuda" or teacher.waits_on_io
+    return teacher.runs_ahead and (mode == "on" or (mode == "auto" and auto))
 
 
 def _use_fused(mode: str, student_lm) -> bool:

@@ -125,11 +125,15 @@ class HiddenStates:
 @dataclass
 class TopK:
     """log_probs, indices: (..., k); log_tail: (...), the log of the mass outside the top-k
-    (-inf when there is none). Log-probabilities are normalised over the full vocabulary."""
+    (-inf when there is none). Log-probabilities are normalised over the full vocabulary.
+    ``label_log_probs`` (...), when the source knows it (a served teacher scores every prompt
+    token), is the teacher's log-probability of each position's label, inside the top-k or
+    not; without it a label outside the top-k counts as probability 0."""
 
     log_probs: Tensor
     indices: Tensor
     log_tail: Tensor
+    label_log_probs: Tensor | None = None
 
     @classmethod
     def from_logits(cls, logits: Tensor, k: int) -> "TopK":
@@ -143,7 +147,13 @@ class TopK:
         return self.indices.shape[:-1]
 
     def tensors(self) -> list[Tensor]:
-        return [self.log_probs, self.indices, self.log_tail]
+        return [t for t in (self.log_probs, self.indices, self.log_tail, self.label_log_probs)
+                if t is not None]
+
+    def _map(self, fn) -> "TopK":
+        """The same fields, each through ``fn`` (leading dims only)."""
+        label = None if self.label_log_probs is None else fn(self.label_log_probs, 0)
+        return TopK(fn(self.log_probs, 1), fn(self.indices, 1), fn(self.log_tail, 0), label)
 
     def limit_vocab(self, rows: int) -> "TopK":
         return self  # built within the shared vocabulary
@@ -152,16 +162,14 @@ class TopK:
         return self  # carries no gradient
 
     def to(self, device: torch.device) -> "TopK":
-        return TopK(self.log_probs.to(device), self.indices.to(device), self.log_tail.to(device))
+        return self._map(lambda t, _: t.to(device))
 
     def flatten(self) -> "TopK":
         """Flatten the leading dims: (tokens, k) and (tokens,)."""
-        k = self.indices.shape[-1]
-        return TopK(self.log_probs.reshape(-1, k), self.indices.reshape(-1, k),
-                    self.log_tail.reshape(-1))
+        return self._map(lambda t, trailing: t.reshape(-1, *t.shape[t.dim() - trailing:]))
 
     def rows(self, rows) -> "TopK":
-        return TopK(self.log_probs[rows], self.indices[rows], self.log_tail[rows])
+        return self._map(lambda t, _: t[rows])
 
     __getitem__ = rows
 
@@ -171,7 +179,9 @@ class TopK:
         log_q, log_p = fold(student_log_q, self.log_probs, self.indices, self.log_tail,
                             temperature)
         gold = None
-        if need_gold:  # a label outside the top-k counts as probability 0
+        if need_gold and self.label_log_probs is not None:
+            gold = self.label_log_probs.float()
+        elif need_gold:  # a label outside the top-k counts as probability 0
             hit = self.indices == labels.unsqueeze(-1)
             gold = torch.where(hit, self.log_probs, torch.full_like(self.log_probs,
                                float("-inf"))).amax(dim=-1)

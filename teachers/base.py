@@ -56,6 +56,7 @@ class TeacherSetup:
     max_grad_norm: float = 1.0       # gradient clipping of a model that trains
     # Paths whose own code may run when they load (the recipe's trust_remote_code).
     trust_remote_code: tuple[str, ...] = ()
+    tokenizer: Any = None            # the data's tokenizer (a served teacher checks its own)
 
 
 @dataclass
@@ -81,6 +82,8 @@ class Teacher(abc.ABC):
     vocab_size: int | None = None    # rows of its output head; None without a model
     runs_ahead: bool = False         # outputs may be computed a micro-batch early, in a
     #                                  worker thread: frozen, and no collectives
+    waits_on_io: bool = False        # its outputs mostly wait on I/O (a server): running
+    #                                  ahead pays on a CPU too, where compute would compete
 
     @abc.abstractmethod
     def describe(self) -> str:

@@ -307,3 +307,20 @@ def test_topk_tail_tempering_assumes_a_uniform_tail():
     # with an actually uniform tail it equals the full computation
     full = losses.divergence(student, p.log(), torch.tensor([0]), "forward_kl", temperature=2.0)
     assert value.item() == pytest.approx(full.item(), rel=1e-5)
+
+
+def test_topk_gold_uses_the_label_log_probs_when_the_teacher_gives_them():
+    # top-2 of [0.5, 0.3, 0.1, 0.1]; the label 3 is outside the top-2 (probability 0.1)
+    p = torch.tensor([[0.5, 0.3, 0.1, 0.1]])
+    sparse = topk_from_logits(p.log(), k=2)
+    labels = torch.tensor([3])
+    student = torch.log_softmax(torch.zeros(1, 4), -1)
+    assert sparse.soft_targets(student, labels, 1.0, need_gold=True).gold.item() == float("-inf")
+    served = TopK(sparse.log_probs, sparse.indices, sparse.log_tail,
+                  label_log_probs=torch.tensor([math.log(0.1)]))
+    assert served.soft_targets(student, labels, 1.0, True).gold.item() == pytest.approx(
+        math.log(0.1))
+    # the field follows the other tensors through flatten, rows and to()
+    batch = TopK(torch.zeros(2, 3, 4), torch.zeros(2, 3, 4, dtype=torch.long),
+                 torch.zeros(2, 3), torch.arange(6.0).reshape(2, 3))
+    assert batch.flatten().rows(slice(4, 6)).label_log_probs.tolist() == [4.0, 5.0]
