@@ -65,6 +65,27 @@ def _parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--trust-remote-code", action="append", default=[], metavar="PATH",
                             help="a model or tokenizer path whose own Python code (auto_map) "
                                  "may run when it loads; repeat for several (default: none)")
+    serve = commands.add_parser(
+        "serve-teacher", help="serve a frozen teacher's log-probabilities over HTTP",
+        description="Serve a transformers causal LM behind the subset of vLLM's OpenAI-"
+                    "compatible API that `teacher.kind: served` uses (docs/serving.md). Stops "
+                    "cleanly on Ctrl-C or SIGTERM.")
+    serve.add_argument("model_dir", metavar="MODEL_DIR",
+                       help="a checkpoint directory with its tokenizer (e.g. a run's student/)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--model", help="the model's name in the API (default: MODEL_DIR)")
+    serve.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if present)")
+    serve.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    serve.add_argument("--max-logprobs", type=int,
+                       help="largest prompt_logprobs a request may ask (default: the vocabulary)")
+    serve.add_argument("--max-batch-tokens", type=int, default=16384,
+                       help="prompt tokens per forward when requests are batched (default 16384)")
+    serve.add_argument("--api-key-env", metavar="VAR",
+                       help="require `Authorization: Bearer <key>`, the key read from VAR")
+    serve.add_argument("--log-every", type=float, default=10.0, metavar="SECONDS",
+                       help="seconds between throughput lines (default 10)")
     return parser
 
 
@@ -136,11 +157,25 @@ def _raise_terminated(signum, frame) -> None:
     raise Terminated()
 
 
+def _serve_teacher(args: argparse.Namespace) -> int:
+    from distill.serve import serve
+
+    for flag, value in (("--port", args.port), ("--max-logprobs", args.max_logprobs),
+                        ("--max-batch-tokens", args.max_batch_tokens),
+                        ("--log-every", args.log_every)):
+        if value is not None and not value > 0:
+            raise UserError(f"{flag}: got {value}; must be > 0.")
+    serve(args.model_dir, args.host, args.port, args.model, args.device, args.dtype,
+          args.max_logprobs, args.max_batch_tokens, args.api_key_env, args.log_every)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        commands = {"inspect": _inspect, "eval": _eval, "compare": _compare, "run": _run}
+        commands = {"inspect": _inspect, "eval": _eval, "compare": _compare, "run": _run,
+                    "serve-teacher": _serve_teacher}
         return commands[args.command](args)
     except (UserError, TrainingStopped) as exc:
         print(f"distill: error: {exc}", file=sys.stderr)
