@@ -294,3 +294,54 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, name: str |
     except KeyboardInterrupt:  # uvicorn raises the signal that stopped it again, once shut down
         pass
     print("distill serve-teacher: stopped", flush=True)
+
+
+# ---- starting a local server from Python (tests, benchmarks, notebooks)
+
+def free_port() -> int:
+    """A TCP port nothing listens on now, on the loopback interface."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def launch(model_dir: str | os.PathLike, port: int, *extra: str, env: dict | None = None,
+           timeout: float = 120) -> "subprocess.Popen":
+    """`distill serve-teacher MODEL_DIR --port PORT *extra` in a child process on
+    127.0.0.1, returned once /health answers (within ``timeout`` seconds, else it is stopped
+    and RuntimeError says why); stop it with :func:`stop_server`."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "distill", "serve-teacher", str(model_dir), "--port", str(port),
+         *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, **(env or {})})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"serve-teacher exited: {process.stdout.read()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return process
+        except OSError:
+            time.sleep(0.3)
+    stop_server(process)
+    raise RuntimeError(f"serve-teacher did not answer /health within {timeout} s")
+
+
+def stop_server(process) -> str:
+    """SIGTERM, then SIGKILL if it has not stopped within 30 s; returns its output."""
+    import subprocess
+
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.stdout.read()

@@ -95,6 +95,18 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 QUICKSTART = str(REPO / "recipes" / "quickstart.yaml")
 
+# A local teacher server for the tests (distill.serve's launcher, with this checkout first
+# on the path of the server's process).
+from distill.serve import free_port, stop_server  # noqa: E402
+
+
+def start_teacher_server(model_dir: Path, port: int, *extra: str, env: dict | None = None,
+                         timeout: float = 120) -> subprocess.Popen:
+    from distill.serve import launch
+
+    return launch(model_dir, port, *extra, env={"PYTHONPATH": str(REPO), **(env or {})},
+                  timeout=timeout)
+
 
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory, cache_dir) -> Path:
@@ -106,57 +118,11 @@ def finished_run(tmp_path_factory, cache_dir) -> Path:
     return out
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on now, on the loopback interface."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_teacher_server(model_dir: Path, port: int, *extra: str,
-                         env: dict | None = None, timeout: float = 120) -> subprocess.Popen:
-    """`distill serve-teacher MODEL_DIR` on 127.0.0.1:port, returned once /health answers
-    (bounded by ``timeout``); the caller stops it (``stop_server``)."""
-    import time
-    import urllib.request
-
-    process = subprocess.Popen(
-        [sys.executable, "-m", "distill", "serve-teacher", str(model_dir), "--port", str(port),
-         "--model", "tiny-teacher", *extra], cwd=REPO, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"serve-teacher exited: {process.stdout.read()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                return process
-        except OSError:
-            time.sleep(0.3)
-    stop_server(process)
-    raise RuntimeError(f"serve-teacher did not answer /health within {timeout} s")
-
-
-def stop_server(process: subprocess.Popen) -> str:
-    """SIGTERM, then SIGKILL if it has not stopped within 30 s; returns its output."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    return process.stdout.read()
-
-
 @pytest.fixture(scope="session")
 def teacher_server(finished_run: Path):
     """The finished run's student served by `distill serve-teacher` on a free loopback
     port, for the session: yields its base URL."""
     port = free_port()
-    process = start_teacher_server(finished_run / "student", port)
+    process = start_teacher_server(finished_run / "student", port, "--model", "tiny-teacher")
     yield f"http://127.0.0.1:{port}"
     stop_server(process)

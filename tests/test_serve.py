@@ -104,8 +104,8 @@ def test_bad_requests_get_vllms_error_shape(teacher_server: str, body, status, m
 
 def test_api_key_and_a_clean_stop_on_sigterm(finished_run: Path):
     port = free_port()
-    server = start_teacher_server(finished_run / "student", port, "--api-key-env",
-                                  "TEACHER_KEY", "--log-every", "0.5",
+    server = start_teacher_server(finished_run / "student", port, "--model", "tiny-teacher",
+                                  "--api-key-env", "TEACHER_KEY", "--log-every", "0.5",
                                   env={"TEACHER_KEY": "s3cret"})
     url = f"http://127.0.0.1:{port}"
     try:
