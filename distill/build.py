@@ -44,7 +44,8 @@ def build_models(recipe: Recipe, tokenizer, make_optimizer: Callable, cache_root
         model_config=lambda section: model_config(section, tokenizer),
         make_optimizer=make_optimizer, chunk_size=recipe.loss.chunk_size,
         max_grad_norm=recipe.train.max_grad_norm,
-        trust_remote_code=tuple(recipe.trust_remote_code), tokenizer=tokenizer)
+        trust_remote_code=tuple(recipe.trust_remote_code), tokenizer=tokenizer,
+        block_size=recipe.data.block_size)
     try:
         teacher = teachers.build(recipe.teacher, setup)
     except (OSError, ValueError) as exc:

@@ -155,6 +155,35 @@ class CachedTeacherConfig:
 
 
 @dataclass
+class ServedTeacherConfig:
+    """A frozen teacher served over HTTP (vLLM's OpenAI-compatible API)."""
+
+    urls: list[str] = field(default_factory=list, metadata=meta(
+        "Base URLs of the servers, e.g. `[http://127.0.0.1:8000]` (the root, not `/v1`): "
+        "replicas of the same model, used round-robin; a failed request is retried on the "
+        "others. Checked at start (health, model, vocabulary), never during validation."))
+    model: str | None = field(default=None, metadata=meta(
+        "The served model's name (`/v1/models`); null uses the server's only model."))
+    top_k: int = field(default=20, metadata=meta(
+        "Teacher log-probabilities per position (plus the tail mass); vLLM allows at most "
+        "its `--max-logprobs` (default 20), `distill serve-teacher` up to the vocabulary.",
+        min=1))
+    batch_size: int = field(default=8, metadata=meta(
+        "Sequences per request; a micro-batch's requests go out concurrently across the "
+        "replicas.", min=1))
+    timeout_s: float = field(default=120.0, metadata=meta(
+        "Seconds to wait for one answer before the request counts as failed.", min=0.01))
+    retries: int = field(default=3, metadata=meta(
+        "Further attempts per failed request (no connection, timeout, 408/429/5xx): at once "
+        "on each other replica, then with a doubling wait from 0.5 s; then the run stops, "
+        "its last checkpoint intact.", min=0, max=100))
+    api_key_env: str | None = field(default=None, metadata=meta(
+        "The NAME of an environment variable holding the server's API key (sent as "
+        "`Authorization: Bearer`); the key itself never appears in a recipe, log or "
+        "message. Null: no key."))
+
+
+@dataclass
 class CodistillTeacherConfig:
     """A teacher built here and trained on the hard targets beside the student."""
 
@@ -174,17 +203,18 @@ class CodistillTeacherConfig:
 @dataclass
 class TeacherConfig:
     """`kind` picks the teacher; each kind reads its own sub-section (`cached` reads `hf`
-    too: the teacher that fills the cache)."""
+    too: the teacher that fills the cache; `served` reads `served`)."""
 
     kind: str = field(default="codistill", metadata=meta(
         " ".join(f"`{name}`: {kind.summary}." for name, kind in teachers.TEACHERS.items()),
         choices=TEACHER_KINDS))
     prefetch: str = field(default="auto", metadata=meta(
-        "For teachers that can run ahead (`hf` unsharded, `cached`): compute the teacher's "
-        "outputs for the next micro-batch in a worker thread (on its own CUDA stream) while "
-        "the student trains on this one. `auto` turns it on when training on CUDA and off on "
-        "CPU, where both sides share the same cores and it measured slower "
-        "(docs/distributed.md).", choices=("auto", "on", "off")))
+        "For teachers that can run ahead (`hf` unsharded, `cached`, `served`): compute the "
+        "teacher's outputs for the next micro-batch in a worker thread (on its own CUDA "
+        "stream) while the student trains on this one. `auto` turns it on when training on "
+        "CUDA, and on CPU only for `served` (which waits on its server): otherwise both sides "
+        "share the same cores and it measured slower (docs/distributed.md).",
+        choices=("auto", "on", "off")))
     hf: HFTeacherConfig = field(default_factory=HFTeacherConfig, metadata=meta(
         "For `hf` and `cached`: the pretrained teacher."))
     cached: CachedTeacherConfig = field(default_factory=CachedTeacherConfig, metadata=meta(
@@ -192,6 +222,8 @@ class TeacherConfig:
     codistill: CodistillTeacherConfig = field(default_factory=CodistillTeacherConfig,
                                               metadata=meta("For `codistill`: the teacher "
                                                             "that trains."))
+    served: ServedTeacherConfig = field(default_factory=ServedTeacherConfig, metadata=meta(
+        "For `served`: the servers and what to ask them."))
 
     # Keys of the flat teacher section before the kinds had sub-sections: a recipe that
     # still uses one is told where it went.

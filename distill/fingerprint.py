@@ -32,10 +32,13 @@ from distill.schema import to_dict
 
 FINGERPRINT_FILE = "run_fingerprint.json"
 # Keys a resumed run may change: where files go, when to log, evaluate and checkpoint, how
-# much of the validation split an evaluation reads, whether the teacher runs ahead, how
+# much of the validation split an evaluation reads, whether the teacher runs ahead, where a
+# served teacher is and how it is asked (its model is checked by its identity), how
 # failures are handled; none changes what a training step computes. (The evaluation keys
 # change which sequences later val_loss rows measure.) `compare` is read by `distill compare`.
 SAFE_TO_CHANGE = ("output_dir", "data.cache_dir", "teacher.cached.cache_dir", "teacher.prefetch",
+                  "teacher.served.urls", "teacher.served.batch_size", "teacher.served.timeout_s",
+                  "teacher.served.retries", "teacher.served.api_key_env",
                   "train.log_every", "train.eval_every", "train.eval_batches",
                   "train.eval_batch_size", "train.checkpoint_every", "train.keep_checkpoints",
                   "train.on_nonfinite", "train.max_skipped_steps", "compare")

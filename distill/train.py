@@ -22,12 +22,13 @@ import torch
 import losses
 import students
 from distill.build import build_models, write_init_report
-from distill.checkpoint import (complete_checkpoints, load_latest_checkpoint, remove_leftovers,
-                               require_checkpoint, save_checkpoint, writes_to)
+from distill.checkpoint import (complete_checkpoints, last_complete, load_latest_checkpoint,
+                               remove_leftovers, require_checkpoint, save_checkpoint,
+                               writes_to)
 from distill.config import Recipe
 from distill.corpus import load_corpus
 from distill.data import BlockOrder, cache_root, prepare_data, split_block
-from distill.errors import UserError
+from distill.errors import TrainingStopped, UserError
 from distill.files import write_atomic
 from distill.fingerprint import built_fingerprint, check_built, check_recipe, write_fingerprint
 from distill.lock import OutputDirLock
@@ -36,7 +37,7 @@ from distill.model_card import architecture, write_model_card
 from distill.policies import NonFiniteGuard, Validator
 from distill.prefetch import TeacherPrefetch
 from distill.recipe import dump_recipe
-from teachers import LMWithObjective, MicroBatch, Placement, Teacher
+from teachers import LMWithObjective, MicroBatch, Placement, Teacher, TeacherUnavailable
 
 
 @dataclass
@@ -158,6 +159,11 @@ def run(recipe: Recipe, resume: bool = False) -> RunResult:
             return _train(recipe, resume)
         with OutputDirLock(output_dir):
             return _train(recipe, resume)
+    except TeacherUnavailable as exc:  # a served teacher stopped answering, past its retries
+        traceback.clear_frames(exc.__traceback__)  # as below: let the models go
+        raise TrainingStopped(f"teacher: {exc}. The run stopped; its last complete checkpoint "
+                              f"is intact ({last_complete(output_dir)}): run again with "
+                              "--resume once the server answers.") from None
     except BaseException as error:
         # The finished frames of the traceback still hold the DDP-wrapped models: let them go.
         traceback.clear_frames(error.__traceback__)

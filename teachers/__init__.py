@@ -3,7 +3,8 @@
 Public interface: ``Teacher`` (the contract, ``teachers.base``), ``MicroBatch``,
 ``TeacherSetup``, ``Placement``, ``TEACHERS`` (kind name -> :class:`TeacherKind`),
 ``build`` and ``check``; ``lm_outputs`` and ``LMWithObjective`` (``teachers.forward``),
-shared with the student.
+shared with the student; ``TeacherUnavailable``, what a served teacher raises when its
+server stops answering mid-run (the loop turns it into a clean stop).
 """
 
 from __future__ import annotations
@@ -11,16 +12,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from teachers import cached, codistill, hf
+from teachers import cached, codistill, hf, served
 from teachers.base import MicroBatch, NoTeacher, Placement, Teacher, TeacherSetup
 from teachers.cached import CachedTeacher
 from teachers.codistill import CodistillTeacher
 from teachers.forward import LMWithObjective, lm_outputs
 from teachers.hf import HFTeacher
+from teachers.openai_client import TeacherUnavailable
+from teachers.served import ServedTeacher
 
 __all__ = ["TEACHERS", "CachedTeacher", "CodistillTeacher", "HFTeacher", "LMWithObjective",
-           "MicroBatch", "NoTeacher", "Placement", "Teacher", "TeacherKind", "TeacherSetup",
-           "build", "check", "lm_outputs"]
+           "MicroBatch", "NoTeacher", "Placement", "ServedTeacher", "Teacher", "TeacherKind",
+           "TeacherSetup", "TeacherUnavailable", "build", "check", "lm_outputs"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,10 @@ TEACHERS: dict[str, TeacherKind] = {
     "cached": TeacherKind(
         "the `hf` teacher's top-k outputs computed once over the training data, stored on "
         "disk and reused", cached.build, cached.check, ("hf", "cached"), has_weights=True),
+    "served": TeacherKind(
+        "a frozen teacher served over HTTP by an inference engine (`vllm serve`, `distill "
+        "serve-teacher`): its top-k prompt log-probabilities from `teacher.served.urls`",
+        served.build, served.check, ("served",), has_weights=False),
     "none": TeacherKind(
         "no teacher (hard targets only, e.g. to pretrain a teacher)",
         lambda cfg, setup: NoTeacher(), _check_none, (), has_weights=False),

@@ -57,6 +57,8 @@ class TeacherSetup:
     # Paths whose own code may run when they load (the recipe's trust_remote_code).
     trust_remote_code: tuple[str, ...] = ()
     tokenizer: Any = None            # the data's tokenizer (a served teacher checks its own)
+    block_size: int | None = None    # tokens per training sequence (a served teacher checks
+    #                                  that the server's context holds them)
 
 
 @dataclass
