@@ -10,7 +10,7 @@ and prints steps per second of each (the median of its logged steps after the fi
 two rounds taken in turn, hf / served / served+ahead / hf / ...), their ratios, and the bytes
 per token that cross the wire (request and response bodies of one micro-batch).
 
-    python benchmarks/served_teacher.py [--steps 24] [--top-k 20] [--micro-batch 8]
+    python benchmarks/served_teacher.py [--steps 24] [--top-k 20] [--micro-batch 8] [--pin]
 
 On one machine the server and the trainer share the cores, so `served` pays the teacher's
 forward plus HTTP and JSON on top of the in-process forward's cost, and running ahead can
@@ -69,7 +69,15 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=20)
     parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--block-size", type=int, default=128)
+    parser.add_argument("--pin", action="store_true",
+                        help="server on CPU 1 and trainer on CPU 0, one thread each: the "
+                             "teacher on hardware of its own, as a deployment has it")
     args = parser.parse_args()
+    if args.pin:
+        import torch
+
+        os.sched_setaffinity(0, {0})
+        torch.set_num_threads(1)
 
     from distill.corpus import load_corpus
     from distill.data import prepare_data
@@ -83,7 +91,10 @@ def main() -> None:
                                                   "train.max_steps": 20}))
     teacher = str(work / "teacher" / "student")
     port = free_port()
-    server = launch(teacher, port, "--model", "teacher", "--log-every", "3600")
+    pinned = {"OMP_NUM_THREADS": "1"} if args.pin else {}
+    server = launch(teacher, port, "--model", "teacher", "--log-every", "3600", env=pinned)
+    if args.pin:
+        os.sched_setaffinity(server.pid, {1})
     url = f"http://127.0.0.1:{port}"
     tokens_per_step = args.micro_batch * args.block_size
     common = {"data.tokenizer": teacher, "train.max_steps": args.steps}
@@ -112,7 +123,8 @@ def main() -> None:
 
     print(f"\nteacher: the quickstart student's architecture ({teacher}); student: the "
           f"quickstart's; {args.micro_batch} x {args.block_size} tokens per step, top_k "
-          f"{args.top_k}, {args.steps} steps, {os.cpu_count()} CPUs, server on 127.0.0.1")
+          f"{args.top_k}, {args.steps} steps, {os.cpu_count()} CPUs, server on 127.0.0.1"
+          + (" (pinned: server on CPU 1, trainer on CPU 0)" if args.pin else ""))
     print(f"{'mode':14s} {'steps/s':>8s}  (two rounds)")
     median = {mode: statistics.median(values) for mode, values in speeds.items()}
     for mode, values in speeds.items():
