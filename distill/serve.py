@@ -23,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -314,12 +316,10 @@ def free_port() -> int:
 
 
 def launch(model_dir: str | os.PathLike, port: int, *extra: str, env: dict | None = None,
-           timeout: float = 120) -> "subprocess.Popen":
+           timeout: float = 120) -> subprocess.Popen:
     """`distill serve-teacher MODEL_DIR --port PORT *extra` in a child process on
     127.0.0.1, returned once /health answers (within ``timeout`` seconds, else it is stopped
     and RuntimeError says why); stop it with :func:`stop_server`."""
-    import subprocess
-    import sys
     import urllib.request
 
     process = subprocess.Popen(
@@ -339,10 +339,8 @@ def launch(model_dir: str | os.PathLike, port: int, *extra: str, env: dict | Non
     raise RuntimeError(f"serve-teacher did not answer /health within {timeout} s")
 
 
-def stop_server(process) -> str:
+def stop_server(process: subprocess.Popen) -> str:
     """SIGTERM, then SIGKILL if it has not stopped within 30 s; returns its output."""
-    import subprocess
-
     if process.poll() is None:
         process.terminate()
         try:

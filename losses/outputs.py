@@ -7,11 +7,11 @@ A teacher answers in one of three forms, and the student's own outputs take the 
   whose logits the fused path forms chunk by chunk (never the whole ``(tokens, V)``);
 - :class:`TopK`: top-k log-probabilities with a tail bucket (a cache, or a served teacher).
 
-Each type knows how to move itself to a device, flatten itself to token-major form, give the rows of a chunk of
-tokens, cut its vocabulary to the rows the loss compares, list its tensors (for CUDA stream
-bookkeeping) and turn itself into the two distributions a divergence compares; so neither
-the loss nor the loop branches on the form. Teachers import these types and nothing else
-of ``losses/`` internals.
+Each type knows how to move itself to a device, flatten itself to token-major form, give
+the rows of a chunk of tokens, cut its vocabulary to the rows the loss compares, list its
+tensors (for CUDA stream bookkeeping) and turn itself into the two distributions a
+divergence compares; so neither the loss nor the loop branches on the form. Teachers
+import these types and nothing else of ``losses/`` internals.
 """
 
 from __future__ import annotations

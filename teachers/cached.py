@@ -184,7 +184,8 @@ class CachedTeacher(Teacher):
 
 def build(cfg, setup: TeacherSetup) -> CachedTeacher:
     hf, cached = cfg.hf, cfg.cached
-    root = Path(cached.cache_dir) if cached.cache_dir else Path(setup.cache_root) / "teacher-outputs"
+    root = Path(cached.cache_dir) if cached.cache_dir \
+        else Path(setup.cache_root) / "teacher-outputs"
     return CachedTeacher(hf.name_or_path, cached.top_k, root, cached.batch_size,
                          setup.vocab_rows, hf.dtype, hf.device_map, setup.efficient_moe,
                          students.sources.is_trusted(hf.name_or_path, setup.trust_remote_code))
