@@ -6,7 +6,9 @@ Public interface:
 - ``Logits``, ``HiddenStates``, ``TopK`` (``losses.outputs``): the forms a model's outputs
   take on their way to the loss, declared once; ``TopK.from_logits`` makes the sparse form;
 - ``Schedule``, ``Objective``, ``build_objective``: the dynamic soft/hard weighting;
-- ``DIVERGENCES``, ``SCHEDULES``, ``ADAPTIVE``: the names a recipe may use.
+- ``finish_step_terms``: a step's summed logged terms -> the logged values (on-policy);
+- ``DIVERGENCES``, ``SCHEDULES``, ``ADAPTIVE``, ``ON_POLICY_LOSSES``: the names a recipe
+  may use.
 """
 
 from __future__ import annotations
@@ -20,14 +22,15 @@ from losses.functional import (
     token_cross_entropy,
 )
 from losses.objective import LossTerms, Objective
+from losses.on_policy import ON_POLICY_LOSSES, finish_step_terms
 from losses.outputs import HiddenStates, Logits, ModelOutput, TeacherOutput, TopK
 from losses.schedules import SCHEDULES, Schedule, schedule_from
 
-__all__ = ["ADAPTIVE", "DIVERGENCES", "SCHEDULES", "DivergenceParams", "HiddenStates",
-           "Logits", "LossTerms", "ModelOutput", "Objective", "Schedule", "TeacherOutput",
-           "TopK", "build_objective", "divergence", "fused_divergence",
-           "hard_target_objective", "per_token_divergence", "schedule_from",
-           "token_cross_entropy", "topk_from_logits"]
+__all__ = ["ADAPTIVE", "DIVERGENCES", "ON_POLICY_LOSSES", "SCHEDULES", "DivergenceParams",
+           "HiddenStates", "Logits", "LossTerms", "ModelOutput", "Objective", "Schedule",
+           "TeacherOutput", "TopK", "build_objective", "divergence", "finish_step_terms",
+           "fused_divergence", "hard_target_objective", "per_token_divergence",
+           "schedule_from", "token_cross_entropy", "topk_from_logits"]
 
 
 def topk_from_logits(logits, k: int) -> TopK:
@@ -35,8 +38,10 @@ def topk_from_logits(logits, k: int) -> TopK:
     return TopK.from_logits(logits, k)
 
 
-def build_objective(cfg) -> Objective:
-    """An :class:`Objective` from a recipe's ``loss`` section (any object with its fields)."""
+def build_objective(cfg, on_policy_loss: str = "full") -> Objective:
+    """An :class:`Objective` from a recipe's ``loss`` section (any object with its fields);
+    ``on_policy_loss`` ("full" | "sampled", the recipe's ``on_policy.loss``): the soft term
+    on positions the student generated."""
     def optional(schedule):
         return None if schedule is None else schedule_from(schedule)
 
@@ -47,7 +52,7 @@ def build_objective(cfg) -> Objective:
                      skew=cfg.skew, head_mass=cfg.akl_head_mass, adaptive=cfg.adaptive,
                      balance_momentum=cfg.balance_momentum,
                      router_aux_weight=optional(cfg.router_aux_weight),
-                     chunk_size=cfg.chunk_size)
+                     chunk_size=cfg.chunk_size, on_policy_loss=on_policy_loss)
 
 
 def hard_target_objective(chunk_size: int = 256, peer_weight: float = 0.0) -> Objective:

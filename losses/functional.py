@@ -64,7 +64,7 @@ def fused_divergence(student_hidden: Tensor, student_head_weight: Tensor,
     Same value and gradients as the plain path."""
     spec = _spec(kind, temperature, beta, skew, head_mass, ignore_index)
 
-    def chunk_fn(logits, teacher_rows, chunk_labels):
+    def chunk_fn(logits, teacher_rows, chunk_labels, _generated):
         terms = token_terms(logits, teacher_rows, chunk_labels, spec)
         return terms.kd.sum(), terms.valid.sum().float().unsqueeze(0)
 

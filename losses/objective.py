@@ -9,6 +9,10 @@ tokens is divided by ``step_tokens``, the valid target tokens of the whole optim
 (all micro-batches, all processes), so the step's gradient does not depend on how it is
 split. Logged terms are this micro-batch's share of the step mean: summed over a step's
 micro-batches (and processes) they give the step's values.
+
+On-policy positions (``generated``: the student sampled the label) have no hard term and
+get the soft term of ``on_policy_loss`` (``losses.on_policy``); ``ce`` and ``kd`` then log
+the data positions, ``kd_on_policy`` the generated ones.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from torch import nn
 from losses.adaptive import ADAPTIVE, make_strategy
 from losses.divergences import DivergenceParams
 from losses.fused import chunked_linear_loss, plain_loss
+from losses.on_policy import ON_POLICY_LOSSES, on_policy_tokens
 from losses.schedules import Schedule
 from losses.outputs import HiddenStates, ModelOutput, TeacherOutput, as_output
 from losses.terms import TermSpec, token_terms
@@ -28,6 +33,9 @@ from losses.terms import TermSpec, token_terms
 Tensor = torch.Tensor
 # Order of the per-chunk statistics the objective sums.
 _STATS = ("ce", "kd", "hard_ce", "soft_kd", "hard_weight", "soft_weight", "tokens")
+# With a ``generated`` mask: a share of the step mean, then sums (logged as they are).
+_ON_POLICY_SHARES = ("kd_on_policy",)
+_ON_POLICY_SUMS = ("reverse_kl_samples_sum", "generated_tokens", "infinite_gold")
 
 
 @dataclass
@@ -45,12 +53,17 @@ class Objective(nn.Module):
                  hard_weight: Schedule | None = None, beta: Schedule | None = None,
                  skew: float = 0.1, head_mass: float = 0.5, adaptive: str = "none",
                  balance_momentum: float = 0.9, router_aux_weight: Schedule | None = None,
-                 chunk_size: int = 256, ignore_index: int = -100) -> None:
+                 chunk_size: int = 256, ignore_index: int = -100,
+                 on_policy_loss: str = "full") -> None:
         super().__init__()
         TermSpec(kind=divergence)  # validates the name early
         if adaptive not in ADAPTIVE:
             raise ValueError(f"unknown adaptive strategy {adaptive!r}; "
                              f"allowed: {', '.join(ADAPTIVE)}")
+        if on_policy_loss not in ON_POLICY_LOSSES:
+            raise ValueError(f"unknown on_policy_loss {on_policy_loss!r}; "
+                             f"allowed: {', '.join(ON_POLICY_LOSSES)}")
+        self.on_policy_loss = on_policy_loss
         self.divergence = divergence
         self.soft_weight = soft_weight
         self.hard_weight = hard_weight
@@ -78,40 +91,79 @@ class Objective(nn.Module):
 
     def forward(self, student: ModelOutput, teacher: TeacherOutput | None,
                 labels: Tensor, step: int, step_tokens: int | Tensor,
-                router_aux: Tensor | None = None) -> LossTerms:
+                router_aux: Tensor | None = None, generated: Tensor | None = None) -> LossTerms:
         """student: its Logits, or its HiddenStates for the fused path; teacher: any
         teacher output of the same leading shape, or None for a hard-target-only loss;
-        labels: (...). Plain tensors and (hidden, head) pairs are accepted too."""
+        labels: (...); generated: bool (...), True where the label is the student's own
+        sample (on-policy), or None. Plain tensors and (hidden, head) pairs are accepted
+        too."""
         student, teacher = as_output(student), as_output(teacher)
+        if generated is not None and teacher is None:
+            raise ValueError("on-policy positions (generated) need a teacher to grade them")
         s = self.scalars(step)
         spec = TermSpec(kind=self.divergence, temperature=s["temperature"],
                         params=DivergenceParams(beta=s.get("beta", 0.5), skew=self.skew,
                                                 head_mass=self.head_mass),
                         ignore_index=self.ignore_index,
-                        need_teacher_gold=self.strategy.needs_teacher_gold)
+                        need_teacher_gold=self.strategy.needs_teacher_gold
+                        or generated is not None)
         hard_scale, soft_scale = self.strategy.scales()  # fixed before the pass
         denominator = torch.as_tensor(step_tokens, dtype=torch.float32).clamp(min=1)
 
-        def chunk_fn(student_logits: Tensor, teacher_rows, chunk_labels: Tensor):
+        squared_t = s["temperature"] ** 2
+
+        def chunk_fn(student_logits: Tensor, teacher_rows, chunk_labels: Tensor,
+                     chunk_generated: Tensor | None):
             terms = token_terms(student_logits, teacher_rows, chunk_labels, spec)
             hard_w, soft_w = self.strategy.token_weights(terms, s["hard_weight"],
                                                          s["soft_weight"])
             valid = terms.valid.float()
-            hard_ce = (hard_w * terms.ce).sum()
             kd = terms.kd if terms.kd is not None else torch.zeros_like(terms.ce)  # no teacher
-            soft_kd = (soft_w * kd).sum()
-            loss = (hard_scale * hard_ce + soft_scale * s["temperature"] ** 2 * soft_kd
-                    ) / denominator.to(hard_ce.device)
-            stats = torch.stack([terms.ce.sum(), kd.sum(), hard_ce, soft_kd,
-                                 (hard_w * valid).sum(), (soft_w * valid).sum(), valid.sum()])
+            ce_logged, kd_logged, kd_soft, sampled, on_stats = terms.ce, kd, kd, None, []
+            if chunk_generated is not None:
+                op = on_policy_tokens(terms.ce, terms.teacher_gold, terms.valid,
+                                      chunk_generated, self.on_policy_loss)
+                zeros = torch.zeros_like(kd)
+                hard_w = torch.where(op.on, zeros, hard_w)  # a sample is no hard target
+                ce_logged = torch.where(op.on, zeros, terms.ce)  # ce, kd: data positions
+                kd_logged = torch.where(op.on, zeros, kd)
+                if op.surrogate is None:  # full: the divergence, as on data positions
+                    kd_on_policy = torch.where(op.on, kd, zeros)
+                else:  # sampled: the estimator replaces the divergence there
+                    kd_on_policy, kd_soft = op.log_ratio, kd_logged
+                    sampled = (soft_w * op.surrogate).sum()
+                on_stats = [kd_on_policy.sum(), op.log_ratio.sum(), op.on.sum(),
+                            op.infinite.sum()]
+            hard_ce = (hard_w * terms.ce).sum()
+            soft_kd = (soft_w * kd_soft).sum()
+            numerator = hard_scale * hard_ce + soft_scale * squared_t * soft_kd
+            if sampled is not None:
+                numerator = numerator + soft_scale * sampled
+                # the strategies read the soft term's value as T^2 * soft_kd: the
+                # estimator's value (the sampled log-ratio) carries no T^2
+                soft_kd = soft_kd + (soft_w * op.log_ratio).sum() / squared_t
+            loss = numerator / denominator.to(hard_ce.device)
+            stats = torch.stack([ce_logged.sum(), kd_logged.sum(), hard_ce, soft_kd,
+                                 (hard_w * valid).sum(), (soft_w * valid).sum(), valid.sum(),
+                                 *[x.float() for x in on_stats]])
             return loss, stats.detach()
 
         if isinstance(student, HiddenStates):  # the fused path: logits chunk by chunk
             total, stats = chunked_linear_loss(student.hidden, student.head, labels, teacher,
-                                               chunk_fn, self.chunk_size)
+                                               chunk_fn, self.chunk_size, generated)
         else:
-            total, stats = plain_loss(student.logits, labels, teacher, chunk_fn)
-        stats = dict(zip(_STATS, (stats / denominator.to(stats.device)).unbind()))
+            total, stats = plain_loss(student.logits, labels, teacher, chunk_fn, generated)
+        sums = dict(zip(_ON_POLICY_SUMS, stats[len(_STATS) + 1:].unbind()))
+        stats = dict(zip(_STATS + _ON_POLICY_SHARES,
+                         (stats[:len(_STATS) + 1] / denominator.to(stats.device)).unbind()))
+        infinite = sums.pop("infinite_gold", None)
+        if infinite is not None and self.on_policy_loss == "sampled" and infinite.item() > 0:
+            raise ValueError(
+                "on_policy_loss 'sampled' needs the teacher's log-probability of every "
+                "sampled token, and it is -inf for some: a TopK teacher without "
+                "label_log_probs whose top-k misses the token, or a token the teacher "
+                "bans. Use a teacher with full logits or hidden states, a served teacher "
+                "(it gives label_log_probs), or on_policy_loss 'full'.")
         share = stats["tokens"]  # this micro-batch's share of the step's valid tokens
         total = total + self.strategy.extra_loss(stats, share, s["temperature"])
         terms = {"ce": stats["ce"], "kd": stats["kd"],
@@ -119,6 +171,8 @@ class Objective(nn.Module):
                  "soft_weight": stats["soft_weight"] * soft_scale}
         if router_aux is not None and s.get("router_aux_weight", 0.0) > 0:
             total = total + s["router_aux_weight"] * router_aux * share.to(router_aux.device)
+        if generated is not None:
+            terms.update({"kd_on_policy": stats["kd_on_policy"], **sums})
         if router_aux is not None:
             terms["router_aux"] = router_aux.detach().float().cpu() * share
         terms["loss"] = total.detach().float().cpu()

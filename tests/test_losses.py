@@ -205,6 +205,24 @@ def test_objective_combines_terms_with_t_squared_aux_and_step_normalisation():
     assert out.scalars["temperature"] == 2.0 and out.scalars["router_aux_weight"] == 0.01
 
 
+def assert_objective_fused_equals_plain(make_objective, hidden, head, teacher, labels,
+                                        step_tokens: int, **kwargs) -> dict[str, float]:
+    """A fresh ``make_objective()`` on logits and on (hidden, head): the same total, the same
+    gradients (student and objective parameters), the same terms; returns the terms."""
+    results = []
+    for fused in (False, True):
+        objective = make_objective()
+        student = (hidden, head) if fused else hidden @ head.t()
+        out = objective(student, teacher, labels, step=0, step_tokens=step_tokens, **kwargs)
+        grads = torch.autograd.grad(out.total, [hidden, head] + list(objective.parameters()))
+        results.append((out.total.item(), grads, {k: v.item() for k, v in out.terms.items()}))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert results[0][2] == pytest.approx(results[1][2], rel=1e-5)
+    return results[0][2]
+
+
 @pytest.mark.parametrize("adaptive", losses.ADAPTIVE)
 def test_objective_fused_equals_plain(adaptive: str):
     torch.manual_seed(4)
@@ -213,17 +231,8 @@ def test_objective_fused_equals_plain(adaptive: str):
     teacher = torch.randn(3, 5, 11)
     labels = torch.randint(0, 11, (3, 5))
     labels[2, 1:] = -100
-    results = []
-    for fused in (False, True):
-        objective = _objective(adaptive=adaptive, chunk_size=4)
-        student = (hidden, head) if fused else hidden @ head.t()
-        out = objective(student, teacher, labels, step=0, step_tokens=20)
-        grads = torch.autograd.grad(out.total, [hidden, head] + list(objective.parameters()))
-        results.append((out.total.item(), grads, {k: v.item() for k, v in out.terms.items()}))
-    assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
-    for a, b in zip(results[0][1], results[1][1]):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
-    assert results[0][2] == pytest.approx(results[1][2], rel=1e-5)
+    assert_objective_fused_equals_plain(lambda: _objective(adaptive=adaptive, chunk_size=4),
+                                        hidden, head, teacher, labels, 20)
 
 
 def test_teacher_confidence_ignores_a_confidently_wrong_teacher():
