@@ -35,8 +35,11 @@ def topk_from_logits(logits, k: int) -> TopK:
     return TopK.from_logits(logits, k)
 
 
-def build_objective(cfg) -> Objective:
-    """An :class:`Objective` from a recipe's ``loss`` section (any object with its fields)."""
+def build_objective(cfg, on_policy_loss: str = "full") -> Objective:
+    """An :class:`Objective` from a recipe's ``loss`` section (any object with its fields);
+    ``on_policy_loss``: the soft term on generated tokens (``on_policy.loss``)."""
+    if on_policy_loss != "full":  # the loss side implements the estimator
+        raise NotImplementedError(f"on_policy.loss {on_policy_loss!r} is not implemented yet")
     def optional(schedule):
         return None if schedule is None else schedule_from(schedule)
 

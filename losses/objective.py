@@ -78,10 +78,11 @@ class Objective(nn.Module):
 
     def forward(self, student: ModelOutput, teacher: TeacherOutput | None,
                 labels: Tensor, step: int, step_tokens: int | Tensor,
-                router_aux: Tensor | None = None) -> LossTerms:
+                router_aux: Tensor | None = None, generated: Tensor | None = None) -> LossTerms:
         """student: its Logits, or its HiddenStates for the fused path; teacher: any
         teacher output of the same leading shape, or None for a hard-target-only loss;
-        labels: (...). Plain tensors and (hidden, head) pairs are accepted too."""
+        labels: (...); generated: a bool mask (...) of labels the student sampled (their
+        hard weight is 0), or None. Plain tensors and (hidden, head) pairs are accepted too."""
         student, teacher = as_output(student), as_output(teacher)
         s = self.scalars(step)
         spec = TermSpec(kind=self.divergence, temperature=s["temperature"],
@@ -91,11 +92,21 @@ class Objective(nn.Module):
                         need_teacher_gold=self.strategy.needs_teacher_gold)
         hard_scale, soft_scale = self.strategy.scales()  # fixed before the pass
         denominator = torch.as_tensor(step_tokens, dtype=torch.float32).clamp(min=1)
+        # Minimal on-policy support (the loss side's fuller version replaces it): both paths
+        # call chunk_fn on consecutive chunks of the flattened tokens, in order, so a running
+        # offset finds each chunk's slice of the mask.
+        flat_generated = None if generated is None else generated.reshape(-1)
+        offset = [0]
 
         def chunk_fn(student_logits: Tensor, teacher_rows, chunk_labels: Tensor):
             terms = token_terms(student_logits, teacher_rows, chunk_labels, spec)
             hard_w, soft_w = self.strategy.token_weights(terms, s["hard_weight"],
                                                          s["soft_weight"])
+            if flat_generated is not None:  # a sampled token is no data target: no hard CE
+                n = chunk_labels.shape[0]
+                sampled = flat_generated[offset[0]:offset[0] + n].to(chunk_labels.device)
+                offset[0] += n
+                hard_w = hard_w * (~sampled).float()
             valid = terms.valid.float()
             hard_ce = (hard_w * terms.ce).sum()
             kd = terms.kd if terms.kd is not None else torch.zeros_like(terms.ce)  # no teacher

@@ -51,9 +51,11 @@ class LMWithObjective(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None,
                 teacher: TeacherOutput | None, step: int, step_tokens: int,
-                outputs_only: bool = False) -> tuple[LossTerms | None, ModelOutput]:
+                outputs_only: bool = False, generated: torch.Tensor | None = None
+                ) -> tuple[LossTerms | None, ModelOutput]:
         """Returns the loss terms and this model's own outputs, detached, for a peer
-        (``outputs_only``: the outputs alone, without gradients)."""
+        (``outputs_only``: the outputs alone, without gradients). ``generated`` (batch,
+        seq) marks labels the student sampled itself (on-policy rows), or is None."""
         if outputs_only:
             with torch.no_grad():
                 own, _ = lm_outputs(self.lm, input_ids, self.fused, self.vocab_rows)
@@ -63,5 +65,6 @@ class LMWithObjective(nn.Module):
         aux = None
         if self.router_aux:
             aux = students.router_aux_loss(out.router_logits, self.lm.config.num_experts_per_tok)
-        terms = self.objective(own, teacher, labels, step, step_tokens, router_aux=aux)
+        terms = self.objective(own, teacher, labels, step, step_tokens, router_aux=aux,
+                               generated=generated)
         return terms, own.detach()
