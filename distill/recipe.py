@@ -188,13 +188,6 @@ def _check_on_policy(recipe: Recipe) -> None:
         raise UserError(f"on_policy.top_p: got {section.top_p}; must be in (0, 1].")
     if not section.active():
         return
-    room = recipe.data.block_size + 1  # a generated row is a block: inputs and labels
-    if section.prompt_tokens + section.max_new_tokens > room:
-        raise UserError(
-            f"on_policy.max_new_tokens: prompt_tokens ({section.prompt_tokens}) + "
-            f"max_new_tokens ({section.max_new_tokens}) = "
-            f"{section.prompt_tokens + section.max_new_tokens} must be at most "
-            f"data.block_size + 1 = {room}, so that a generated row fits a block.")
     kind = recipe.teacher.kind
     if kind == "cached":
         raise UserError(
@@ -205,6 +198,13 @@ def _check_on_policy(recipe: Recipe) -> None:
     if kind == "none":
         raise UserError("on_policy.fraction: teacher.kind 'none' has no teacher to grade the "
                         "student's samples; choose a teacher or set on_policy.fraction to 0.")
+    room = recipe.data.block_size + 1  # a generated row is a block: inputs and labels
+    if section.prompt_tokens + section.max_new_tokens > room:
+        raise UserError(
+            f"on_policy.max_new_tokens: prompt_tokens ({section.prompt_tokens}) + "
+            f"max_new_tokens ({section.max_new_tokens}) = "
+            f"{section.prompt_tokens + section.max_new_tokens} must be at most "
+            f"data.block_size + 1 = {room}, so that a generated row fits a block.")
 
 
 def dump_recipe(recipe: Recipe) -> str:

@@ -169,15 +169,21 @@ class Rollouts:
         """Rows of step ``step`` (0-based) that are generated."""
         return generated_count(self.fraction(step), step_rows)
 
-    def sample(self, lm: torch.nn.Module, prompts: torch.Tensor, seeds: list[int]) -> torch.Tensor:
-        """(rows, n) tokens sampled after ``prompts`` (rows, P): the student in eval mode
-        (its mode restored after), a KV cache, no gradients, one row generator per seed."""
-        generators = [torch.Generator(device=prompts.device).manual_seed(s) for s in seeds]
+    def processors(self, generators: list[torch.Generator]) -> LogitsProcessorList:
+        """What turns the student's next-token logits (rows, V) into scores whose argmax is
+        a sample: vocabulary limit, temperature, top-p, then each row's Gumbel noise."""
         processors = LogitsProcessorList([_VocabLimit(self.vocab_rows),
                                           TemperatureLogitsWarper(self.temperature)])
         if self.top_p < 1.0:
             processors.append(TopPLogitsWarper(self.top_p))
         processors.append(_GumbelNoise(generators))
+        return processors
+
+    def sample(self, lm: torch.nn.Module, prompts: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+        """(rows, n) tokens sampled after ``prompts`` (rows, P): the student in eval mode
+        (its mode restored after), a KV cache, no gradients, one row generator per seed."""
+        generators = [torch.Generator(device=prompts.device).manual_seed(s) for s in seeds]
+        processors = self.processors(generators)
         training = lm.training
         lm.eval()
         try:
