@@ -34,16 +34,19 @@ in training; only the sampled tokens are searched for the end of the continuatio
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from transformers import (LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper,
-                          TopPLogitsWarper)
+from transformers import (GenerationConfig, LogitsProcessor, LogitsProcessorList,
+                          TemperatureLogitsWarper, TopPLogitsWarper)
 
 import losses
+from distill.data import split_block
 
 IGNORE_INDEX = -100
 
@@ -100,6 +103,29 @@ class _VocabLimit(LogitsProcessor):
             scores = scores.clone()
             scores[:, self.rows:] = -math.inf
         return scores
+
+
+@contextlib.contextmanager
+def _plain_generation_config(lm: torch.nn.Module) -> Iterator[None]:
+    """``generate`` fills every setting it is not given from the model's own
+    ``generation_config`` (a pretrained checkpoint's repetition penalty, bad words, forced
+    tokens, ...), which would bend the samples away from the student's distribution: give it
+    transformers' plain defaults for the call. A peft model copies its own into the base
+    model's, so both are put back."""
+    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    holders = [lm] if base is lm else [lm, base]
+    missing = object()
+    saved = [(holder, holder.__dict__.get("generation_config", missing)) for holder in holders]
+    for holder in holders:
+        holder.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        for holder, value in saved:
+            if value is missing:
+                holder.__dict__.pop("generation_config", None)
+            else:
+                holder.generation_config = value
 
 
 def continuation_lengths(new_tokens: torch.Tensor, eos_id: int | None) -> torch.Tensor:
@@ -187,7 +213,7 @@ class Rollouts:
         training = lm.training
         lm.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), _plain_generation_config(lm):
                 out = lm.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts),
                                   do_sample=False, max_new_tokens=self.max_new_tokens,
                                   min_new_tokens=0, use_cache=True, logits_processor=processors,
@@ -201,8 +227,6 @@ class Rollouts:
         """Each micro-batch's blocks (mb, block_len) -> its ``input_ids``, ``labels`` and
         ``generated`` (None where none of its rows was generated), with this process's share
         of the step's generated rows replaced by rollouts."""
-        from distill.data import split_block
-
         parts: list[dict[str, torch.Tensor | None]] = [
             {**split_block(block), "generated": None} for block in rows]
         micro_batch_size, block_len = rows[0].shape

@@ -219,6 +219,28 @@ def test_generate_with_a_kv_cache_samples_what_a_plain_loop_samples():
     for row in range(3):
         n = int(lengths[row])
         assert sampled[row, :n].tolist() == plain[row, :n].tolist()
+    # settings a checkpoint's generation_config may carry do not bend the samples, and the
+    # model keeps its own generation_config
+    own = lm.generation_config
+    own.repetition_penalty, own.no_repeat_ngram_size, own.suppress_tokens = 5.0, 2, [1, 2, 3]
+    assert torch.equal(rollouts.sample(lm, prompts, seeds), sampled)
+    assert lm.generation_config is own
+
+
+def test_a_student_with_adapters_samples_as_the_merged_model_does():
+    """A peft student (what ``unwrap_model(student).lm`` is under ``student.peft``): its
+    samples are those of the same weights without adapters at zero (LoRA starts at zero),
+    and the generation settings of both wrapper and base model are left as they were."""
+    from students.init import apply_peft
+
+    rollouts = Rollouts(_section(max_new_tokens=6), 0, 63, 62, 64)
+    prompts = torch.randint(0, 64, (2, 4))
+    plain = rollouts.sample(_tiny_lm(), prompts, [1, 2])
+    adapted = apply_peft(_tiny_lm(), {"peft_type": "LORA", "r": 2, "lora_alpha": 4,
+                                      "target_modules": ["q_proj", "v_proj"]})
+    base_config = adapted.get_base_model().generation_config
+    assert torch.equal(rollouts.sample(adapted, prompts, [1, 2]), plain)
+    assert adapted.get_base_model().generation_config is base_config
 
 
 def test_a_steps_rollouts_do_not_depend_on_how_it_is_split():
