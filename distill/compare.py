@@ -25,7 +25,7 @@ from distill.checkpoint import complete_checkpoints
 from distill.config import Recipe
 from distill.errors import UserError
 from distill.recipe import dump_recipe, load_recipe_data, recipe_from_dict
-from distill.schema import apply_override
+from distill.schema import apply_override, build
 
 # What every variant shares, so that their results differ by the loss alone.
 _SHARED = ("seed", "output_dir", "data", "compare", "train.max_steps",
@@ -42,23 +42,51 @@ class Variant:
     directory: Path
 
 
-def _teacher_overrides(data: dict[str, Any]) -> dict[str, Any]:
-    """Every variant reads one cached teacher: the one ``compare.teacher_recipe`` trains
-    into ``output_dir/teacher``, or the recipe's own hf teacher."""
+def _teacher_overrides(data: dict[str, Any], live: bool) -> dict[str, Any]:
+    """Every variant reads one frozen teacher: the one ``compare.teacher_recipe`` trains
+    into ``output_dir/teacher``, or the recipe's own hf teacher; cached once and shared,
+    unless ``live`` (a variant samples from its student, and a cache cannot score text
+    written after it was filled): then every variant runs that teacher live (`hf`), so that
+    all of them learn from the same teacher outputs."""
     compare = data.get("compare") or {}
+    kind = "hf" if live else "cached"
     if isinstance(compare, dict) and compare.get("teacher_recipe"):
         student = str(Path(str(data.get("output_dir", "runs/quickstart"))) / "teacher" / "student")
-        return {"teacher.kind": "cached", "teacher.hf.name_or_path": student,
+        return {"teacher.kind": kind, "teacher.hf.name_or_path": student,
                 "data.tokenizer": student}
     if isinstance(data.get("teacher"), dict) and data["teacher"].get("kind") == "hf":
-        return {"teacher.kind": "cached"}
+        return {"teacher.kind": kind}
     return {}
+
+
+def _on_policy_anywhere(data: dict[str, Any]) -> bool:
+    """Whether the base recipe or any variant has a nonzero ``on_policy.fraction``, read
+    from the plain mapping before any recipe is built (malformed parts are left to the
+    checks that follow, which name them)."""
+    from distill.config import OnPolicyConfig
+
+    def active(section: Any) -> bool:
+        return isinstance(section, dict) and build(OnPolicyConfig, section, "on_policy").active()
+
+    compare = data.get("compare") if isinstance(data.get("compare"), dict) else {}
+    specs = compare.get("variants") if isinstance(compare.get("variants"), list) else []
+    sections = [data.get("on_policy", {})]
+    for spec in specs:
+        overrides = spec.get("overrides") if isinstance(spec, dict) else None
+        if not isinstance(overrides, dict):
+            continue
+        variant = {"on_policy": json.loads(json.dumps(data.get("on_policy") or {}))}
+        for key, value in overrides.items():
+            if str(key) == "on_policy" or str(key).startswith("on_policy."):
+                apply_override(variant, str(key).split("."), value)
+        sections.append(variant["on_policy"])
+    return any(active(section) for section in sections)
 
 
 def plan(recipe_path: str, overrides: Sequence[str]) -> tuple[Recipe, list[Variant]]:
     """Validate the base recipe and every variant before any work starts."""
     data = load_recipe_data(recipe_path, overrides)
-    shared = _teacher_overrides(data)
+    shared = _teacher_overrides(data, live=_on_policy_anywhere(data))
     for key, value in shared.items():
         apply_override(data, key.split("."), value)
     base = recipe_from_dict(data)

@@ -324,6 +324,42 @@ class TrainConfig:
 
 
 @dataclass
+class OnPolicyConfig:
+    """On-policy distillation (GKD): part of each step's sequences are continued by the
+    student itself, and the teacher grades every sampled token (docs/on-policy.md)."""
+
+    fraction: ScheduleConfig = field(
+        default_factory=lambda: ScheduleConfig(start=0.0), metadata=meta(
+            "Share of each optimizer step's sequences whose continuation the student "
+            "generates (GKD's lambda), a schedule of the step in [0, 1]; the first "
+            "round(fraction x rows of the step) rows are generated. 0 (the default) turns "
+            "on-policy distillation off and leaves training exactly as without this section."))
+    prompt_tokens: int = field(default=32, metadata=meta(
+        "The prompt: the first tokens of a data block; the student continues it.", min=1))
+    max_new_tokens: int = field(default=64, metadata=meta(
+        "Most tokens the student writes per sequence; it stops earlier at the end-of-text "
+        "token. With `prompt_tokens` it must fit a block: prompt_tokens + max_new_tokens <= "
+        "data.block_size + 1.", min=1))
+    temperature: float = field(default=1.0, metadata=meta(
+        "Sampling temperature of the student's continuations (> 0).", min=0.0))
+    top_p: float = field(default=1.0, metadata=meta(
+        "Nucleus sampling: sample from the smallest set of tokens holding this probability "
+        "mass; 1 samples from the whole distribution.", min=0.0, max=1.0))
+    loss: str = field(default="full", metadata=meta(
+        "The soft term on generated tokens: `full` (the divergence over the whole vocabulary "
+        "at every sampled position) or `sampled` (the policy-gradient estimator of the "
+        "reverse KL from the sampled tokens alone). The hard (data) term is 0 there.",
+        choices=("full", "sampled")))
+
+    def active(self) -> bool:
+        """Whether ``fraction`` is nonzero at any step (a schedule's value stays between
+        its warmup start, start and end; a constant one is its start)."""
+        f = self.fraction
+        values = [f.start, f.warmup_start] + ([] if f.kind == "constant" else [f.end])
+        return any(v for v in values if v is not None)
+
+
+@dataclass
 class VariantConfig:
     name: str = field(default="", metadata=meta(
         "The variant's name: a directory name under `output_dir/variants/` and its label in "
@@ -369,5 +405,7 @@ class Recipe:
     loss: LossConfig = field(default_factory=LossConfig, metadata=meta(
         "How soft and hard targets are combined."))
     train: TrainConfig = field(default_factory=TrainConfig, metadata=meta("The training loop."))
+    on_policy: OnPolicyConfig = field(default_factory=OnPolicyConfig, metadata=meta(
+        "On-policy distillation: the student writes, the teacher grades (off by default)."))
     compare: CompareConfig = field(default_factory=CompareConfig, metadata=meta(
         "Variants for `distill compare` (ignored by `distill run`)."))

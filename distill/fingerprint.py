@@ -78,6 +78,12 @@ def recipe_fingerprint(recipe: Recipe) -> dict[str, Any]:
         schedule = getattr(recipe.loss, field.name)
         if isinstance(schedule, ScheduleConfig) and not _follows_max_steps(schedule):
             del keys[f"loss.{field.name}.total_steps"]
+    if not recipe.on_policy.active():
+        # Off, it changes nothing a step computes, and a run from before the section
+        # existed must still resume: it fingerprints as if absent.
+        keys = {k: v for k, v in keys.items() if not k.startswith("on_policy.")}
+    elif not _follows_max_steps(recipe.on_policy.fraction):
+        del keys["on_policy.fraction.total_steps"]
     return _plain(keys)
 
 

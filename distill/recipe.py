@@ -172,6 +172,39 @@ def validate(recipe: Recipe) -> None:
     _check_schedule("loss.beta", recipe.loss.beta, steps, "in [0, 1]", lambda v: 0.0 <= v <= 1.0)
     _check_schedule("loss.router_aux_weight", recipe.loss.router_aux_weight, steps, ">= 0",
                     lambda v: v >= 0)
+    _check_on_policy(recipe)
+
+
+def _check_on_policy(recipe: Recipe) -> None:
+    """The on_policy section. Its ranges are checked whether or not it is on (a typo never
+    waits for the day it is used); the fit in a block and the teacher only when it is on."""
+    section = recipe.on_policy
+    _check_schedule("on_policy.fraction", section.fraction, recipe.train.max_steps,
+                    "in [0, 1]", lambda v: 0.0 <= v <= 1.0)
+    if not section.temperature > 0:
+        raise UserError(f"on_policy.temperature: got {section.temperature}; must be > 0 "
+                        "(0 would be greedy decoding, which this sampler does not do).")
+    if not 0 < section.top_p <= 1:
+        raise UserError(f"on_policy.top_p: got {section.top_p}; must be in (0, 1].")
+    if not section.active():
+        return
+    kind = recipe.teacher.kind
+    if kind == "cached":
+        raise UserError(
+            "on_policy.fraction: teacher.kind 'cached' cannot grade on-policy samples: its "
+            "outputs were computed over the training data before the run, and a cache cannot "
+            "score text the student writes after it was filled. Use teacher.kind 'hf' (the "
+            "same teacher, live) or set on_policy.fraction to 0.")
+    if kind == "none":
+        raise UserError("on_policy.fraction: teacher.kind 'none' has no teacher to grade the "
+                        "student's samples; choose a teacher or set on_policy.fraction to 0.")
+    room = recipe.data.block_size + 1  # a generated row is a block: inputs and labels
+    if section.prompt_tokens + section.max_new_tokens > room:
+        raise UserError(
+            f"on_policy.max_new_tokens: prompt_tokens ({section.prompt_tokens}) + "
+            f"max_new_tokens ({section.max_new_tokens}) = "
+            f"{section.prompt_tokens + section.max_new_tokens} must be at most "
+            f"data.block_size + 1 = {room}, so that a generated row fits a block.")
 
 
 def dump_recipe(recipe: Recipe) -> str:

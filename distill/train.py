@@ -37,6 +37,7 @@ from distill.model_card import architecture, write_model_card
 from distill.policies import NonFiniteGuard, Validator
 from distill.prefetch import TeacherPrefetch
 from distill.recipe import dump_recipe
+from distill.rollout import Rollouts, RolloutStats
 from teachers import LMWithObjective, MicroBatch, Placement, Teacher, TeacherUnavailable
 
 
@@ -99,7 +100,8 @@ def forward_backward(accelerator, student, teacher: TeacherPrefetch,
         with accelerator.accumulate(student), accelerator.autocast():
             teacher_out = teacher.get(mb)
             teacher.submit(next_mb)
-            out, _ = student(mb.input_ids, mb.labels, teacher_out, mb.step, mb.step_tokens)
+            out, _ = student(mb.input_ids, mb.labels, teacher_out, mb.step, mb.step_tokens,
+                             generated=mb.generated)
             accelerator.backward(out.total * loss_scale)
         for name, value in out.terms.items():
             sums[name] = sums[name] + value
@@ -107,18 +109,70 @@ def forward_backward(accelerator, student, teacher: TeacherPrefetch,
     return sums, scalars
 
 
+@dataclass
+class DrawnStep:
+    """One optimizer step's micro-batches, and its on-policy figures for the log row ({}
+    when on-policy distillation is off: the row is then what it always was)."""
+
+    micro_batches: list[MicroBatch]
+    rollout: dict[str, float]
+
+
 def draw_step(order: BlockOrder, blocks: torch.Tensor, step: int, micro_batches: int,
-              accelerator) -> list[MicroBatch]:
+              accelerator, rollouts: Rollouts | None = None,
+              student_lm: torch.nn.Module | None = None) -> DrawnStep:
     """The micro-batches of optimizer step ``step``, each knowing the step's valid target
-    tokens over all processes (every process calls this at the same point: a collective)."""
+    tokens over all processes (every process calls this at the same point: a collective).
+    With ``rollouts``, the step's share of rows is continued by ``student_lm`` (the
+    unwrapped student, as it is now) first, so that its sampled tokens count as targets of
+    the step: the gradient stays normalised by all of the step's valid targets."""
     drawn = []
     for _ in range(micro_batches):
         indices = order.next_indices()
-        drawn.append((split_block(blocks[indices].to(accelerator.device)), indices))
-    local = sum(int((parts["labels"] != -100).sum()) for parts, _ in drawn)
-    tokens = int(accelerator.reduce(torch.tensor(local, device=accelerator.device), "sum"))
-    return [MicroBatch(parts["input_ids"], parts["labels"], indices, step, tokens)
-            for parts, indices in drawn]
+        drawn.append((blocks[indices].to(accelerator.device), indices))
+    stats = RolloutStats()
+    if rollouts is None:
+        parts = [{**split_block(rows), "generated": None} for rows, _ in drawn]
+    else:
+        with accelerator.autocast():  # the precision the student trains in
+            parts, stats = rollouts.rewrite(student_lm, step, [rows for rows, _ in drawn],
+                                            accelerator.process_index,
+                                            accelerator.num_processes)
+    if rollouts is not None and rollouts.fraction(step) > 0:
+        # Every micro-batch of a step that may generate carries a mask (all False where it
+        # has no generated row): the loss then logs the same terms on every process, and
+        # the reduction of the step's terms is one collective over the same keys everywhere.
+        for part in parts:
+            if part["generated"] is None:
+                part["generated"] = torch.zeros_like(part["labels"], dtype=torch.bool)
+    local = sum(int((part["labels"] != -100).sum()) for part in parts)
+    # One collective for every count: the step's targets, its sampled targets and rows,
+    # and the generation time (microseconds, summed: averaged below).
+    counts = torch.tensor([local, stats.tokens, stats.rows, round(stats.seconds * 1e6)],
+                          device=accelerator.device)
+    tokens, sampled, rows, micros = (int(v) for v in accelerator.reduce(counts, "sum"))
+    data_tokens = None if rollouts is None else tokens - sampled
+    batches = [MicroBatch(part["input_ids"], part["labels"], indices, step, tokens,
+                          generated=part["generated"], step_data_tokens=data_tokens)
+               for part, (_, indices) in zip(parts, drawn)]
+    if rollouts is None:
+        return DrawnStep(batches, {})
+    seconds = micros / 1e6 / accelerator.num_processes  # processes generate side by side
+    return DrawnStep(batches, {
+        "on_policy_fraction": rollouts.fraction(step), "generated_tokens": sampled,
+        "generation_tokens_per_s": sampled / seconds if seconds > 0 else 0.0,
+        "mean_generated_length": sampled / rows if rows else 0.0})
+
+
+def _draws_ahead(prefetch: TeacherPrefetch, rollouts: Rollouts | None, step: int,
+                 max_steps: int, step_rows: int) -> bool:
+    """Whether to draw step ``step``'s batches during the step before, so that a teacher
+    running ahead can start on its first micro-batch during that step's last student pass.
+    Not when step ``step`` generates rows: its student must write with the weights after
+    the step before's update; the prefetcher then overlaps within the step only."""
+    if not prefetch.enabled or step >= max_steps:
+        return False
+    return rollouts is None or rollouts.count(step, step_rows) == 0
 
 
 def _use_prefetch(mode: str, teacher: Teacher, device: torch.device) -> bool:
@@ -211,7 +265,8 @@ def _train(recipe: Recipe, resume: bool) -> RunResult:
     teacher = models.teacher
     fused = _use_fused(recipe.loss.fused, models.student)
     aux = recipe.loss.router_aux_weight
-    student = LMWithObjective(models.student, losses.build_objective(recipe.loss), fused,
+    objective = losses.build_objective(recipe.loss, on_policy_loss=recipe.on_policy.loss)
+    student = LMWithObjective(models.student, objective, fused,
                               router_aux=max(aux.start, aux.end) > 0,
                               vocab_rows=models.vocab_rows)
     optimizer, scheduler = _optimizer_and_schedule(student, train.lr, train)
@@ -233,6 +288,13 @@ def _train(recipe: Recipe, resume: bool) -> RunResult:
         print(f"distill: teacher prefetch on: the teacher runs one micro-batch ahead on {where}")
     order = BlockOrder(len(data.train), train.micro_batch_size, recipe.seed,
                        accelerator.process_index, accelerator.num_processes)
+    # On-policy rollouts (off: None, and every step is drawn as it always was). They sample
+    # from the unwrapped student: the same module, without DDP's hooks and collectives.
+    rollouts = Rollouts(recipe.on_policy, recipe.seed, data.tokenizer.eos_token_id,
+                        data.tokenizer.pad_token_id, models.vocab_rows) \
+        if recipe.on_policy.active() else None
+    student_lm = accelerator.unwrap_model(student).lm
+    step_rows = train.micro_batch_size * train.grad_accum_steps * accelerator.num_processes
 
     start_step, tokens_seen, first_val_loss = 0, 0, None
     if resume:  # a UserError, having changed nothing, when no checkpoint loads
@@ -261,20 +323,24 @@ def _train(recipe: Recipe, resume: bool) -> RunResult:
     guard = NonFiniteGuard(train.on_nonfinite, train.max_skipped_steps, output_dir)
     bar = tqdm(total=train.max_steps, initial=start_step, disable=not main, desc="distill")
     last_time, last_tokens = time.perf_counter(), tokens_seen
-    upcoming: list[MicroBatch] | None = None
+    upcoming: DrawnStep | None = None
     for step in range(start_step, train.max_steps):
-        micro_batches = upcoming or draw_step(order, data.train, step, train.grad_accum_steps,
-                                              accelerator)
+        drawn = upcoming or draw_step(order, data.train, step, train.grad_accum_steps,
+                                      accelerator, rollouts, student_lm)
+        micro_batches = drawn.micro_batches
         order_state = order.state_dict()  # the data position after this step: checkpointed
         # With prefetch the next step's batches are drawn now, so that the teacher can start
-        # on the first of them during this step's last student pass.
-        upcoming = draw_step(order, data.train, step + 1, train.grad_accum_steps, accelerator) \
-            if prefetch.enabled and step + 1 < train.max_steps else None
+        # on the first of them during this step's last student pass (not for a step that
+        # generates: see _draws_ahead).
+        upcoming = draw_step(order, data.train, step + 1, train.grad_accum_steps, accelerator,
+                             rollouts, student_lm) \
+            if _draws_ahead(prefetch, rollouts, step + 1, train.max_steps, step_rows) else None
         sums, scalars = forward_backward(accelerator, student, prefetch, micro_batches,
-                                         upcoming[0] if upcoming else None)
+                                         upcoming.micro_batches[0] if upcoming else None)
         # Terms are per-process shares of the step mean: sum them across processes.
-        terms = {k: float(accelerator.reduce(v.to(accelerator.device), "sum"))
-                 for k, v in {**sums, **teacher.step_terms()}.items()}
+        terms = losses.finish_step_terms(
+            {k: float(accelerator.reduce(v.to(accelerator.device), "sum"))
+             for k, v in {**sums, **teacher.step_terms()}.items()})
         step_tokens = micro_batches[0].step_tokens
         skipped = guard.skip_reason(terms, step_tokens, step)
         if skipped is not None:
@@ -300,7 +366,7 @@ def _train(recipe: Recipe, resume: bool) -> RunResult:
         last_time, last_tokens = now, tokens_seen
         if done % train.log_every == 0 or done == train.max_steps:
             log.write({"step": done, "tokens": tokens_seen, "lr": lr, **terms, **scalars,
-                       "tokens_per_s": tokens_per_s})
+                       **drawn.rollout, "tokens_per_s": tokens_per_s})
         bar.set_postfix({"loss": f"{terms['loss']:.3f}", "ce": f"{terms['ce']:.3f}",
                          "kd": f"{terms.get('kd', 0.0):.3f}", "tok/s": f"{tokens_per_s:.0f}"},
                         refresh=False)

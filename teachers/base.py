@@ -39,6 +39,24 @@ class MicroBatch:
     block_indices: Tensor  # (batch,) rows of the training blocks (a cache reads by them)
     step: int = 0          # the optimizer step it belongs to (0-based)
     step_tokens: int = 1   # valid targets of that whole step: all micro-batches and processes
+    # On-policy rows (distill/rollout.py): True where the label is a token the student
+    # sampled, not the data's; None when no row of this micro-batch was generated.
+    generated: Tensor | None = None  # (batch, seq) bool
+    # The step's valid targets that are data, not generated; None: all of step_tokens.
+    step_data_tokens: int | None = None
+
+    @property
+    def hard_labels(self) -> Tensor:
+        """The labels with generated positions ignored (-100): what a model that learns the
+        data (a codistilled teacher) trains on. The labels themselves without rollouts."""
+        if self.generated is None:
+            return self.labels
+        return self.labels.masked_fill(self.generated, -100)
+
+    @property
+    def hard_step_tokens(self) -> int:
+        """The step's valid targets of ``hard_labels``, the normaliser of a data-only loss."""
+        return self.step_tokens if self.step_data_tokens is None else self.step_data_tokens
 
 
 @dataclass(frozen=True)

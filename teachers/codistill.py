@@ -77,8 +77,10 @@ class CodistillTeacher(Teacher):
         sync = contextlib.nullcontext() if accelerator.sync_gradients \
             else accelerator.no_sync(self.module)
         with sync:
-            terms, own = self.module(batch.input_ids, batch.labels, peer, batch.step,
-                                     batch.step_tokens)
+            # It learns the data: on-policy rows' sampled tokens are the student's text, not
+            # targets (hard_labels ignores them), and the step's data tokens normalise it.
+            terms, own = self.module(batch.input_ids, batch.hard_labels, peer, batch.step,
+                                     batch.hard_step_tokens)
             # accelerate divides by the accumulation steps and DDP averages over processes;
             # the loss is already the step's token mean: undo both (as the student does).
             scale = accelerator.gradient_accumulation_steps * accelerator.num_processes
