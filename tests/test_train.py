@@ -199,9 +199,9 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, cache_dir, mo
 
     real_forward = LMWithObjective.forward
 
-    def poisoned(self, input_ids, labels, teacher, step, step_tokens):
+    def poisoned(self, input_ids, labels, teacher, step, step_tokens, **kwargs):
         # The student's logits turn NaN from the 8th optimizer step on.
-        terms, mine = real_forward(self, input_ids, labels, teacher, step, step_tokens)
+        terms, mine = real_forward(self, input_ids, labels, teacher, step, step_tokens, **kwargs)
         if teacher is not None and step >= 7:
             terms.total = terms.total * float("nan")
             terms.terms["ce"] = terms.terms["ce"] * float("nan")
