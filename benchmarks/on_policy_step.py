@@ -7,7 +7,7 @@
                     continuation from the student (distill/rollout.py: generate with a KV
                     cache, eval mode, no gradients), then the same teacher and student pass
 
-Both run through ``distill.train.draw_step`` and ``forward_backward``, taking turns step
+Both run through ``distill.steps.draw_step`` and ``forward_backward``, taking turns step
 by step; figures are medians of --steps steps after --warmup. The student starts from random
 weights, so it rarely writes an end-of-text token: every row runs to --max-new-tokens, the
 most generation can cost at these settings.
@@ -77,7 +77,8 @@ def _step(accelerator, student, optimizer, teacher, blocks, order, rollouts, ste
     import torch
 
     from distill.prefetch import TeacherPrefetch
-    from distill.train import draw_step, forward_backward
+    from distill.steps import draw_step
+    from distill.train import forward_backward
 
     sync = torch.cuda.synchronize if accelerator.device.type == "cuda" else (lambda: None)
     sync()

@@ -225,10 +225,19 @@ class Rollouts:
     def rewrite(self, lm: torch.nn.Module, step: int, rows: list[torch.Tensor], rank: int,
                 world_size: int) -> tuple[list[dict[str, torch.Tensor | None]], RolloutStats]:
         """Each micro-batch's blocks (mb, block_len) -> its ``input_ids``, ``labels`` and
-        ``generated`` (None where none of its rows was generated), with this process's share
-        of the step's generated rows replaced by rollouts."""
-        parts: list[dict[str, torch.Tensor | None]] = [
-            {**split_block(block), "generated": None} for block in rows]
+        ``generated``, with this process's share of the step's generated rows replaced by
+        rollouts. In a step that may generate, every micro-batch of every process carries a
+        mask (all False where none of its rows was generated): the loss then logs the same
+        terms on every process, and the step's terms reduce in one collective over the same
+        keys everywhere (a process without a mask would leave the others waiting); in a
+        step that cannot, ``generated`` is None."""
+        may_generate = self.fraction(step) > 0
+        parts: list[dict[str, torch.Tensor | None]] = []
+        for block in rows:
+            part = {**split_block(block), "generated": None}
+            if may_generate:
+                part["generated"] = torch.zeros_like(part["labels"], dtype=torch.bool)
+            parts.append(part)
         micro_batch_size, block_len = rows[0].shape
         count = self.count(step, micro_batch_size * len(rows) * world_size)
         chosen = chosen_rows(count, micro_batch_size, len(rows), rank, world_size)
@@ -241,12 +250,13 @@ class Rollouts:
         made = rollout_rows(prompts, new_tokens, lengths, self.pad_id, block_len)
         tokens = int(made["generated"].sum())  # (waits for the device: the time is whole)
         seconds = time.perf_counter() - start
+        copied: set[int] = set()
         for k, (j, i, _) in enumerate(chosen):
             part = parts[j]
-            if part["generated"] is None:  # copies: input_ids and labels overlap in one block
+            if j not in copied:  # copies: input_ids and labels overlap in one block
                 part["input_ids"] = part["input_ids"].clone()
                 part["labels"] = part["labels"].clone()
-                part["generated"] = torch.zeros_like(part["labels"], dtype=torch.bool)
+                copied.add(j)
             for key in ("input_ids", "labels", "generated"):
                 part[key][i] = made[key][k]
         return parts, RolloutStats(rows=len(chosen), tokens=tokens, seconds=seconds)

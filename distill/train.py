@@ -27,7 +27,7 @@ from distill.checkpoint import (complete_checkpoints, last_complete, load_latest
                                writes_to)
 from distill.config import Recipe
 from distill.corpus import load_corpus
-from distill.data import BlockOrder, cache_root, prepare_data, split_block
+from distill.data import BlockOrder, cache_root, prepare_data
 from distill.errors import TrainingStopped, UserError
 from distill.files import write_atomic
 from distill.fingerprint import built_fingerprint, check_built, check_recipe, write_fingerprint
@@ -37,7 +37,8 @@ from distill.model_card import architecture, write_model_card
 from distill.policies import NonFiniteGuard, Validator
 from distill.prefetch import TeacherPrefetch
 from distill.recipe import dump_recipe
-from distill.rollout import Rollouts, RolloutStats
+from distill.rollout import Rollouts
+from distill.steps import DrawnStep, draws_ahead, draw_step
 from teachers import LMWithObjective, MicroBatch, Placement, Teacher, TeacherUnavailable
 
 
@@ -107,72 +108,6 @@ def forward_backward(accelerator, student, teacher: TeacherPrefetch,
             sums[name] = sums[name] + value
         scalars = out.scalars
     return sums, scalars
-
-
-@dataclass
-class DrawnStep:
-    """One optimizer step's micro-batches, and its on-policy figures for the log row ({}
-    when on-policy distillation is off: the row is then what it always was)."""
-
-    micro_batches: list[MicroBatch]
-    rollout: dict[str, float]
-
-
-def draw_step(order: BlockOrder, blocks: torch.Tensor, step: int, micro_batches: int,
-              accelerator, rollouts: Rollouts | None = None,
-              student_lm: torch.nn.Module | None = None) -> DrawnStep:
-    """The micro-batches of optimizer step ``step``, each knowing the step's valid target
-    tokens over all processes (every process calls this at the same point: a collective).
-    With ``rollouts``, the step's share of rows is continued by ``student_lm`` (the
-    unwrapped student, as it is now) first, so that its sampled tokens count as targets of
-    the step: the gradient stays normalised by all of the step's valid targets."""
-    drawn = []
-    for _ in range(micro_batches):
-        indices = order.next_indices()
-        drawn.append((blocks[indices].to(accelerator.device), indices))
-    stats = RolloutStats()
-    if rollouts is None:
-        parts = [{**split_block(rows), "generated": None} for rows, _ in drawn]
-    else:
-        with accelerator.autocast():  # the precision the student trains in
-            parts, stats = rollouts.rewrite(student_lm, step, [rows for rows, _ in drawn],
-                                            accelerator.process_index,
-                                            accelerator.num_processes)
-    if rollouts is not None and rollouts.fraction(step) > 0:
-        # Every micro-batch of a step that may generate carries a mask (all False where it
-        # has no generated row): the loss then logs the same terms on every process, and
-        # the reduction of the step's terms is one collective over the same keys everywhere.
-        for part in parts:
-            if part["generated"] is None:
-                part["generated"] = torch.zeros_like(part["labels"], dtype=torch.bool)
-    local = sum(int((part["labels"] != -100).sum()) for part in parts)
-    # One collective for every count: the step's targets, its sampled targets and rows,
-    # and the generation time (microseconds, summed: averaged below).
-    counts = torch.tensor([local, stats.tokens, stats.rows, round(stats.seconds * 1e6)],
-                          device=accelerator.device)
-    tokens, sampled, rows, micros = (int(v) for v in accelerator.reduce(counts, "sum"))
-    data_tokens = None if rollouts is None else tokens - sampled
-    batches = [MicroBatch(part["input_ids"], part["labels"], indices, step, tokens,
-                          generated=part["generated"], step_data_tokens=data_tokens)
-               for part, (_, indices) in zip(parts, drawn)]
-    if rollouts is None:
-        return DrawnStep(batches, {})
-    seconds = micros / 1e6 / accelerator.num_processes  # processes generate side by side
-    return DrawnStep(batches, {
-        "on_policy_fraction": rollouts.fraction(step), "generated_tokens": sampled,
-        "generation_tokens_per_s": sampled / seconds if seconds > 0 else 0.0,
-        "mean_generated_length": sampled / rows if rows else 0.0})
-
-
-def _draws_ahead(prefetch: TeacherPrefetch, rollouts: Rollouts | None, step: int,
-                 max_steps: int, step_rows: int) -> bool:
-    """Whether to draw step ``step``'s batches during the step before, so that a teacher
-    running ahead can start on its first micro-batch during that step's last student pass.
-    Not when step ``step`` generates rows: its student must write with the weights after
-    the step before's update; the prefetcher then overlaps within the step only."""
-    if not prefetch.enabled or step >= max_steps:
-        return False
-    return rollouts is None or rollouts.count(step, step_rows) == 0
 
 
 def _use_prefetch(mode: str, teacher: Teacher, device: torch.device) -> bool:
@@ -331,10 +266,10 @@ def _train(recipe: Recipe, resume: bool) -> RunResult:
         order_state = order.state_dict()  # the data position after this step: checkpointed
         # With prefetch the next step's batches are drawn now, so that the teacher can start
         # on the first of them during this step's last student pass (not for a step that
-        # generates: see _draws_ahead).
+        # generates: see draws_ahead).
         upcoming = draw_step(order, data.train, step + 1, train.grad_accum_steps, accelerator,
                              rollouts, student_lm) \
-            if _draws_ahead(prefetch, rollouts, step + 1, train.max_steps, step_rows) else None
+            if draws_ahead(prefetch, rollouts, step + 1, train.max_steps, step_rows) else None
         sums, scalars = forward_backward(accelerator, student, prefetch, micro_batches,
                                          upcoming.micro_batches[0] if upcoming else None)
         # Terms are per-process shares of the step mean: sum them across processes.

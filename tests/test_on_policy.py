@@ -422,7 +422,7 @@ def test_prefetch_never_draws_a_generating_step_ahead(frozen_teacher: Path, tmp_
     step ahead of it updated it: the loop draws such a step in its turn, so prefetch on
     and off sample from the same weights and train alike (the fraction is 0 for steps 0-1,
     0.5 for steps 2-3)."""
-    from distill.train import _draws_ahead
+    from distill.steps import draws_ahead
 
     seen: list[tuple[int, float]] = []  # (step, the student's weights) at each generation
     rewrite = Rollouts.rewrite
@@ -453,10 +453,10 @@ def test_prefetch_never_draws_a_generating_step_ahead(frozen_teacher: Path, tmp_
 
     rollouts = Rollouts(recipe.on_policy, 0, None, None, 64)
     prefetch = SimpleNamespace(enabled=True)
-    assert [_draws_ahead(prefetch, rollouts, s, 4, 4) for s in range(1, 5)] == \
+    assert [draws_ahead(prefetch, rollouts, s, 4, 4) for s in range(1, 5)] == \
         [True, False, False, False]
-    assert _draws_ahead(prefetch, None, 1, 4, 4)
-    assert not _draws_ahead(SimpleNamespace(enabled=False), None, 1, 4, 4)
+    assert draws_ahead(prefetch, None, 1, 4, 4)
+    assert not draws_ahead(SimpleNamespace(enabled=False), None, 1, 4, 4)
 
 
 def test_a_served_teacher_grades_the_samples_as_the_same_model_in_process_does(
