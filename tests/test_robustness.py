@@ -73,9 +73,9 @@ def test_failure_while_writing_a_checkpoint_keeps_the_previous(tmp_path: Path, c
 
 
 def test_steps_without_valid_targets_are_skipped(tmp_path: Path, cache_dir, monkeypatch):
-    import distill.train as train_module
+    import distill.steps as steps_module  # where each step's blocks are split
 
-    real_split = train_module.split_block
+    real_split = steps_module.split_block
     calls = []
 
     def no_targets_on_step_two(blocks):
@@ -85,7 +85,7 @@ def test_steps_without_valid_targets_are_skipped(tmp_path: Path, cache_dir, monk
             batch["labels"] = torch.full_like(batch["labels"], -100)
         return batch
 
-    monkeypatch.setattr(train_module, "split_block", no_targets_on_step_two)
+    monkeypatch.setattr(steps_module, "split_block", no_targets_on_step_two)
     out = tmp_path / "empty"
     run(_recipe(out, cache_dir, **{"train.checkpoint_every": 0}))
     rows = read_metrics(out / "metrics.jsonl")
