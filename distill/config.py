@@ -51,9 +51,10 @@ class ScheduleConfig:
 class DataConfig:
     source: str = field(default="stdlib", metadata=meta(
         "Where text comes from: `stdlib` (the Python standard library's own .py sources, no "
-        "download), `files` (local text / JSON-lines / parquet files) or `hub` (a dataset name "
-        "from the Hugging Face hub, downloaded by `datasets`).",
-        choices=("stdlib", "files", "hub")))
+        "download), `python_docs` (English prose: the Python Language Reference topics that "
+        "CPython ships for `help()`, no download), `files` (local text / JSON-lines / parquet "
+        "files) or `hub` (a dataset name from the Hugging Face hub, downloaded by `datasets`).",
+        choices=("stdlib", "python_docs", "files", "hub")))
     files: list[str] = field(default_factory=list, metadata=meta(
         "For `source: files`: paths or glob patterns. The format follows the extension: "
         ".txt/.md/.py/.text (one example per line), .json/.jsonl, .parquet."))

@@ -1,4 +1,5 @@
-"""Text corpora: the Python standard library's own sources, local files, or hub datasets.
+"""Text corpora: the Python standard library's own sources, the Python Language Reference
+topics CPython ships for ``help()``, local files, or hub datasets.
 
 Every source yields a list of documents in a fixed order; the train/validation split is
 decided per document by a stable hash of its key (a path, or a row number), so it does not
@@ -50,6 +51,18 @@ def _stdlib_documents() -> list[tuple[str, str]]:
     return docs
 
 
+def _python_docs_documents() -> list[tuple[str, str]]:
+    """English prose present offline wherever CPython is: the Language Reference topics
+    that ``help()`` shows (``pydoc_data.topics``, about 0.5M characters in ~80 topics,
+    one document each, keyed by topic name)."""
+    try:
+        from pydoc_data.topics import topics
+    except ImportError:  # some distributions strip pydoc_data
+        raise UserError("data.source: python_docs needs the standard library's pydoc_data "
+                        "package, which this Python installation lacks.") from None
+    return [(f"pydoc:{name}", text) for name, text in sorted(topics.items()) if text.strip()]
+
+
 def _dataset_documents(dataset, text_field: str, what: str) -> list[tuple[str, str]]:
     if text_field not in dataset.column_names:
         raise UserError(f"data.text_field: {what} has no column {text_field!r}; "
@@ -97,6 +110,8 @@ def _hub_documents(cfg: DataConfig) -> list[tuple[str, str]]:
 def load_corpus(cfg: DataConfig) -> Corpus:
     if cfg.source == "stdlib":
         docs, description = _stdlib_documents(), "Python standard library sources"
+    elif cfg.source == "python_docs":
+        docs, description = _python_docs_documents(), "Python Language Reference topics"
     elif cfg.source == "files":
         docs, description = _file_documents(cfg.files, cfg.text_field), f"files {cfg.files}"
     else:

@@ -70,8 +70,11 @@ def _follows_max_steps(schedule: ScheduleConfig) -> bool:
 
 def recipe_fingerprint(recipe: Recipe) -> dict[str, Any]:
     """The resolved recipe's keys that a resumed run must keep (schedules' null
-    ``total_steps`` already replaced by ``train.max_steps``)."""
+    ``total_steps`` replaced by ``train.max_steps``, which they follow)."""
     keys = _without_safe(_flatten(to_dict(recipe), ""))
+    for key, value in keys.items():  # a null total_steps ends at train.max_steps
+        if key.endswith(".total_steps") and value is None:
+            keys[key] = recipe.train.max_steps
     if recipe.train.lr_schedule == "constant":
         del keys["train.max_steps"]
     for field in dataclasses.fields(recipe.loss):

@@ -15,7 +15,8 @@ def _schedule(s) -> str:
         return "1 - soft weight"
     if s.kind == "constant":
         return f"{s.start:g}"
-    return f"{s.kind} {s.start:g} -> {s.end:g} over steps {s.warmup_steps}-{s.total_steps}"
+    end = "the last step" if s.total_steps is None else s.total_steps
+    return f"{s.kind} {s.start:g} -> {s.end:g} over steps {s.warmup_steps}-{end}"
 
 
 def architecture(model) -> str:
@@ -43,6 +44,7 @@ def write_model_card(directory: Path, recipe: Recipe, metrics: dict[str, Any], r
     where = shown_path or directory
     data = recipe.data
     source = {"stdlib": "the Python standard library's source files",
+              "python_docs": "the Python Language Reference topics shipped with CPython",
               "files": f"local files {data.files}",
               "hub": f"`{data.hub_name}` ({data.hub_config or 'default'}, {data.hub_split})"}
     front = {"library_name": "peft" if adapter else "transformers",

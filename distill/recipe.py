@@ -67,15 +67,17 @@ def _check_schedule(name: str, sched: ScheduleConfig, max_steps: int,
                     allowed: str, ok: Callable[[float], bool]) -> None:
     if sched.end is None:
         sched.end = sched.start
-    if sched.total_steps is None:
-        sched.total_steps = max_steps
+    # A null total_steps stays null in the resolved recipe (and so in config.yaml): it
+    # follows train.max_steps of whichever run reads the recipe.
+    total = max_steps if sched.total_steps is None else sched.total_steps
     for attr in ("start", "end", "warmup_start"):
         value = getattr(sched, attr)
         if value is not None and not ok(value):
             raise UserError(f"{name}.{attr}: got {value}; must be {allowed}.")
-    if sched.warmup_steps >= sched.total_steps and sched.start != sched.end:
+    if sched.warmup_steps >= total and sched.start != sched.end:
+        where = "train.max_steps" if sched.total_steps is None else f"{name}.total_steps"
         raise UserError(f"{name}.warmup_steps ({sched.warmup_steps}) must be below "
-                        f"{name}.total_steps ({sched.total_steps}).")
+                        f"{where} ({total}).")
 
 
 def _check_name(key: str, value: str, allowed: Sequence[str]) -> None:

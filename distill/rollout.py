@@ -179,8 +179,8 @@ class Rollouts:
     """The recipe's ``on_policy`` section, applied to each step's freshly drawn rows."""
 
     def __init__(self, cfg, seed: int, eos_id: int | None, pad_id: int | None,
-                 vocab_rows: int) -> None:
-        self.fraction = losses.schedule_from(cfg.fraction)
+                 vocab_rows: int, max_steps: int | None = None) -> None:
+        self.fraction = losses.schedule_from(cfg.fraction, max_steps)
         self.prompt_tokens = cfg.prompt_tokens
         self.max_new_tokens = cfg.max_new_tokens
         self.temperature = cfg.temperature

@@ -200,7 +200,8 @@ def _train(recipe: Recipe, resume: bool) -> RunResult:
     teacher = models.teacher
     fused = _use_fused(recipe.loss.fused, models.student)
     aux = recipe.loss.router_aux_weight
-    objective = losses.build_objective(recipe.loss, on_policy_loss=recipe.on_policy.loss)
+    objective = losses.build_objective(recipe.loss, on_policy_loss=recipe.on_policy.loss,
+                                      max_steps=train.max_steps)
     student = LMWithObjective(models.student, objective, fused,
                               router_aux=max(aux.start, aux.end) > 0,
                               vocab_rows=models.vocab_rows)
@@ -226,7 +227,7 @@ def _train(recipe: Recipe, resume: bool) -> RunResult:
     # On-policy rollouts (off: None, and every step is drawn as it always was). They sample
     # from the unwrapped student: the same module, without DDP's hooks and collectives.
     rollouts = Rollouts(recipe.on_policy, recipe.seed, data.tokenizer.eos_token_id,
-                        data.tokenizer.pad_token_id, models.vocab_rows) \
+                        data.tokenizer.pad_token_id, models.vocab_rows, train.max_steps) \
         if recipe.on_policy.active() else None
     student_lm = accelerator.unwrap_model(student).lm
     step_rows = train.micro_batch_size * train.grad_accum_steps * accelerator.num_processes

@@ -38,17 +38,22 @@ def topk_from_logits(logits, k: int) -> TopK:
     return TopK.from_logits(logits, k)
 
 
-def build_objective(cfg, on_policy_loss: str = "full") -> Objective:
+def build_objective(cfg, on_policy_loss: str = "full",
+                    max_steps: int | None = None) -> Objective:
     """An :class:`Objective` from a recipe's ``loss`` section (any object with its fields);
     ``on_policy_loss`` ("full" | "sampled", the recipe's ``on_policy.loss``): the soft term
-    on positions the student generated."""
-    def optional(schedule):
-        return None if schedule is None else schedule_from(schedule)
+    on positions the student generated; ``max_steps``: where schedules whose
+    ``total_steps`` is null end (the run's ``train.max_steps``)."""
+    def schedule(section):
+        return schedule_from(section, max_steps)
 
-    return Objective(divergence=cfg.divergence, soft_weight=schedule_from(cfg.soft_weight),
-                     temperature=schedule_from(cfg.temperature),
+    def optional(section):
+        return None if section is None else schedule(section)
+
+    return Objective(divergence=cfg.divergence, soft_weight=schedule(cfg.soft_weight),
+                     temperature=schedule(cfg.temperature),
                      hard_weight=optional(cfg.hard_weight),
-                     beta=schedule_from(cfg.beta) if cfg.divergence == "jsd" else None,
+                     beta=schedule(cfg.beta) if cfg.divergence == "jsd" else None,
                      skew=cfg.skew, head_mass=cfg.akl_head_mass, adaptive=cfg.adaptive,
                      balance_momentum=cfg.balance_momentum,
                      router_aux_weight=optional(cfg.router_aux_weight),

@@ -72,9 +72,19 @@ class Schedule:
         return self.start + (self.end - self.start) * SCHEDULES[self.kind](t, self)
 
 
-def schedule_from(cfg) -> Schedule:
-    """A :class:`Schedule` from any object with the schedule fields (a recipe section)."""
+def schedule_from(cfg, total_steps: int | None = None) -> Schedule:
+    """A :class:`Schedule` from any object with the schedule fields (a recipe section).
+
+    A section whose ``total_steps`` is null ends at ``total_steps`` given here (a run passes
+    its ``train.max_steps``), so a recipe file written out by one run keeps following the
+    step budget of the next run that reads it."""
     end = cfg.start if cfg.end is None else cfg.end
+    total = cfg.total_steps if cfg.total_steps is not None else total_steps
+    if total is None:
+        if cfg.kind != "constant" and float(cfg.start) != float(end):
+            raise ValueError("a changing schedule with total_steps null needs the run's "
+                             "step count (schedule_from(section, total_steps=max_steps))")
+        total = 1  # a constant value: the length changes nothing
     return Schedule(cfg.kind, float(cfg.start), float(end), int(cfg.warmup_steps),
-                    int(cfg.total_steps), cfg.warmup_start, float(cfg.rate), int(cfg.stages),
+                    int(total), cfg.warmup_start, float(cfg.rate), int(cfg.stages),
                     float(cfg.decay_fraction))

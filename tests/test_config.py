@@ -22,9 +22,33 @@ def test_quickstart_loads_with_typed_overrides():
     assert recipe.train.max_steps == 50 and recipe.seed == 3 and recipe.output_dir == "runs/a"
     assert recipe.student.overrides == {"num_hidden_layers": 4}
     assert recipe.loss.temperature.kind == "constant" and recipe.loss.temperature.start == 2.0
-    # schedules without an explicit end or horizon are resolved against the step budget
-    assert recipe.loss.soft_weight.total_steps == 50
+    # a schedule's missing end is its start; a null horizon stays null in the resolved
+    # recipe (so a config.yaml written by one run follows the next run's step budget) and
+    # the objective built from it ends at train.max_steps
+    assert recipe.loss.soft_weight.total_steps is None
     assert recipe.loss.temperature.end == 2.0
+
+
+def test_a_schedule_written_by_one_run_follows_the_next_runs_step_budget(tmp_path):
+    import losses
+    from distill.recipe import dump_recipe
+
+    decay = "{kind: linear, start: 0.9, end: 0.1}"
+    first = load_recipe(REPO / "recipes" / "quickstart.yaml",
+                        [f"loss.soft_weight={decay}", "train.max_steps=300"])
+    written = tmp_path / "config.yaml"
+    written.write_text(dump_recipe(first))
+    shorter = load_recipe(written, ["train.max_steps=100"])
+    objective = losses.build_objective(shorter.loss, max_steps=shorter.train.max_steps)
+    # halfway through the 100-step run, not a third of the way through 300 steps
+    assert objective.soft_weight(50) == pytest.approx(0.5)
+    assert objective.soft_weight(100) == pytest.approx(0.1)
+    fixed = load_recipe(REPO / "recipes" / "quickstart.yaml", [
+        "loss.soft_weight={kind: linear, start: 0.9, end: 0.1, total_steps: 300}"])
+    written.write_text(dump_recipe(fixed))
+    kept = load_recipe(written, ["train.max_steps=100"])
+    assert losses.build_objective(kept.loss, max_steps=100).soft_weight(150) == \
+        pytest.approx(0.5)  # a length the user fixed is kept
 
 
 @pytest.mark.parametrize("recipe_path", sorted((REPO / "recipes").glob("*.yaml")),
@@ -64,7 +88,7 @@ def _reload(recipe: Recipe) -> Recipe:
     ("train.max_steps=abc", r"train.max_steps: got 'abc' \(str\); expected an integer"),
     ("train.max_steps=0", r"train.max_steps: got 0; must be >= 1"),
     ("train.lr_schedule=cosin", r"allowed: cosine, linear, constant.*Did you mean 'cosine'"),
-    ("data.source=web", r"data.source: got 'web'; allowed: stdlib, files, hub"),
+    ("data.source=web", r"data.source: got 'web'; allowed: stdlib, python_docs, files, hub"),
     ("loss.soft_weight.start=1.5", r"loss.soft_weight.start: got 1.5; must be in \[0, 1\]"),
     ("loss.temperature=0", r"loss.temperature.start: got 0.0; must be > 0"),
     ("loss.divergence=forward_kll", r"Did you mean 'forward_kl'"),

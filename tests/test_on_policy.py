@@ -103,7 +103,8 @@ def test_the_section_off_checks_no_fit_and_leaves_the_fingerprint_as_before(tmp_
     assert not any(key.startswith("on_policy") for key in recipe_fingerprint(off))
     on = load_recipe(QUICKSTART, tiny_overrides(tmp_path, cache_dir, **SHORT, **{
         "on_policy.fraction": "{kind: linear, start: 0.0, end: 0.5}"}))
-    assert on.on_policy.active() and on.on_policy.fraction.total_steps == 12
+    assert on.on_policy.active() and on.on_policy.fraction.total_steps is None
+    assert recipe_fingerprint(on)["on_policy.fraction.total_steps"] == 12  # train.max_steps
     assert recipe_fingerprint(on)["on_policy.fraction.end"] == 0.5
     # a constant schedule is its start, whatever its end says
     assert not load_recipe(QUICKSTART, tiny_overrides(tmp_path, cache_dir, **{
@@ -451,7 +452,7 @@ def test_prefetch_never_draws_a_generating_step_ahead(frozen_teacher: Path, tmp_
     assert [r["tokens"] for r in runs["on"]] == [r["tokens"] for r in runs["off"]]
     assert _val_losses(tmp_path / "on") == pytest.approx(_val_losses(tmp_path / "off"), rel=1e-5)
 
-    rollouts = Rollouts(recipe.on_policy, 0, None, None, 64)
+    rollouts = Rollouts(recipe.on_policy, 0, None, None, 64, recipe.train.max_steps)
     prefetch = SimpleNamespace(enabled=True)
     assert [draws_ahead(prefetch, rollouts, s, 4, 4) for s in range(1, 5)] == \
         [True, False, False, False]
