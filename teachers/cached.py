@@ -172,7 +172,15 @@ class CachedTeacher(Teacher):
             array.flush()
         files = cache_files.file_records(staging, digests)
         (staging / "meta.json").write_text(json.dumps({**meta, "files": files}, sort_keys=True))
-        os.replace(staging, self.path)
+        try:
+            os.replace(staging, self.path)
+        except OSError:
+            # Another process (a parallel run over the same teacher and data) renamed its
+            # fill into place first: its copy holds the same outputs, and the read-back
+            # that follows checks it. Ours goes.
+            shutil.rmtree(staging, ignore_errors=True)
+            if not self.path.is_dir():
+                raise
 
     def outputs(self, batch: MicroBatch) -> TopK:
         rows = batch.block_indices.cpu().numpy()

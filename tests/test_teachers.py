@@ -66,6 +66,34 @@ def test_cached_teacher_is_filled_once_reused_and_equals_the_live_teacher(
     assert _val_losses(tmp_path / "again") == _val_losses(tmp_path / "cached")
 
 
+def test_two_runs_filling_one_cache_at_once_both_train(finished_run: Path, tmp_path: Path,
+                                                       cache_dir: Path, monkeypatch):
+    """Two parallel runs over the same teacher and data both fill; the second to finish
+    finds the first's cache in place. It used to fail on the rename ("Directory not
+    empty"); now it drops its own copy and reads the first's."""
+    import teachers.cached as cached_module
+
+    teacher_dir = str(finished_run / "student")
+    common = {"teacher.kind": "cached", "teacher.hf.name_or_path": teacher_dir,
+              "data.tokenizer": teacher_dir, "teacher.cached.cache_dir": str(tmp_path / "tc")}
+    run(_recipe(tmp_path / "first", cache_dir, **common))
+    cache = next(p for p in (tmp_path / "tc").iterdir() if not p.name.startswith("."))
+    finished = tmp_path / "finished-elsewhere"
+    shutil.copytree(cache, finished)
+    shutil.rmtree(cache)  # the second run starts while the cache is absent...
+    real_replace = cached_module.os.replace
+
+    def other_process_finishes_first(source, target):
+        if Path(target) == cache:  # (os.replace is the os module's: leave other renames be)
+            shutil.copytree(finished, target)  # ...and the other process renames first
+        return real_replace(source, target)
+
+    monkeypatch.setattr(cached_module.os, "replace", other_process_finishes_first)
+    run(_recipe(tmp_path / "second", cache_dir, **common))
+    assert _val_losses(tmp_path / "second") == _val_losses(tmp_path / "first")
+    assert [p.name for p in (tmp_path / "tc").iterdir()] == [cache.name]  # no staging left
+
+
 def test_a_student_initialised_from_a_cached_teacher_loads_its_weights(
         finished_run: Path, tmp_path: Path, cache_dir: Path, monkeypatch):
     from transformers import AutoModelForCausalLM
