@@ -241,6 +241,28 @@ class TeacherConfig:
 
 
 @dataclass
+class TaidConfig:
+    """`loss.adaptive: taid` only (docs/losses.md): the soft target is
+    softmax((1 - t) log q + t log p), with t moving from `t_start` towards `t_end`."""
+
+    t_start: float = field(default=0.4, metadata=meta(
+        "t at the first step, in [0, 1) and below `t_end` (0: the target is the student's "
+        "own distribution, 1: the teacher's).", min=0.0, max=1.0))
+    t_end: float = field(default=1.0, metadata=meta(
+        "The most t reaches, in (0, 1]; the linear floor reaches it after `total_steps`.",
+        min=0.0, max=1.0))
+    rate: float = field(default=5e-4, metadata=meta(
+        "How far t moves towards 1 per step: t += rate * sigmoid(momentum of the soft "
+        "term's relative decrease) * (1 - t).", min=0.0))
+    momentum: float = field(default=0.99, metadata=meta(
+        "Momentum of the running relative decrease of the soft term, in [0, 1).",
+        min=0.0, max=1.0))
+    total_steps: int | None = field(default=None, metadata=meta(
+        "Steps over which t's floor rises linearly from `t_start` to `t_end`; null means "
+        "`train.max_steps`.", min=1))
+
+
+@dataclass
 class LossConfig:
     divergence: str = field(default="forward_kl", metadata=meta(
         "Divergence between teacher p and student q at temperature T (formulas in "
@@ -262,11 +284,18 @@ class LossConfig:
         "`skew_kl` / `skew_reverse_kl` only: the mixture share a.", min=0.0, max=1.0))
     akl_head_mass: float = field(default=0.5, metadata=meta(
         "`akl` only: teacher probability mass that defines the head.", min=1e-6, max=1.0))
+    todi_sharpness: float = field(default=1.0, metadata=meta(
+        "`todi` only: s > 0 in the per-outcome gate sigmoid(s log(p/q)) that mixes forward "
+        "and reverse KL; larger is closer to a hard switch."))
     adaptive: str = field(default="none", metadata=meta(
-        "Adaptive weighting on top of the schedules (docs/losses.md).",
-        choices=ADAPTIVE_KINDS))
+        "Adaptive weighting on top of the schedules: `teacher_confidence` and `loss_balance` "
+        "redistribute the scheduled weights (keeping the mean soft weight, resp. the total "
+        "weight), `uncertainty` replaces their magnitudes, `taid` moves the soft target "
+        "(docs/losses.md).", choices=ADAPTIVE_KINDS))
     balance_momentum: float = field(default=0.9, metadata=meta(
         "`loss_balance` only: momentum of the running averages.", min=0.0, max=0.9999))
+    taid: TaidConfig = field(default_factory=TaidConfig, metadata=meta(
+        "For `adaptive: taid`: the interpolation coefficient's start, end and pace."))
     router_aux_weight: ScheduleConfig = field(
         default_factory=lambda: ScheduleConfig(start=0.0), metadata=meta(
             "Weight of the student's MoE router load-balancing loss; 0 skips computing it."))

@@ -81,6 +81,12 @@ def recipe_fingerprint(recipe: Recipe) -> dict[str, Any]:
         schedule = getattr(recipe.loss, field.name)
         if isinstance(schedule, ScheduleConfig) and not _follows_max_steps(schedule):
             del keys[f"loss.{field.name}.total_steps"]
+    # Keys of a divergence or strategy the run does not use change nothing a step computes;
+    # left out, runs from before these keys existed still resume.
+    if recipe.loss.adaptive != "taid":
+        keys = {k: v for k, v in keys.items() if not k.startswith("loss.taid.")}
+    if recipe.loss.divergence != "todi":
+        keys.pop("loss.todi_sharpness", None)
     if not recipe.on_policy.active():
         # Off, it changes nothing a step computes, and a run from before the section
         # existed must still resume: it fingerprints as if absent.

@@ -174,7 +174,32 @@ def validate(recipe: Recipe) -> None:
     _check_schedule("loss.beta", recipe.loss.beta, steps, "in [0, 1]", lambda v: 0.0 <= v <= 1.0)
     _check_schedule("loss.router_aux_weight", recipe.loss.router_aux_weight, steps, ">= 0",
                     lambda v: v >= 0)
+    _check_divergence_and_taid(recipe)
     _check_on_policy(recipe)
+
+
+def _check_divergence_and_taid(recipe: Recipe) -> None:
+    """todi's sharpness and the taid section, checked whether or not they are used (a typo
+    never waits for the day it is used); taid's null total_steps follows train.max_steps."""
+    loss = recipe.loss
+    if not loss.todi_sharpness > 0:
+        raise UserError(f"loss.todi_sharpness: got {loss.todi_sharpness}; must be > 0 (the "
+                        "gate sigmoid(s log(p/q)) leans to forward KL where the student "
+                        "under-estimates the teacher only for s > 0).")
+    taid = loss.taid
+    if not taid.t_start < 1.0:
+        raise UserError(f"loss.taid.t_start: got {taid.t_start}; must be in [0, 1) (at 1 the "
+                        "target is the teacher from the start: use loss.adaptive 'none').")
+    if not taid.t_end > 0.0:
+        raise UserError(f"loss.taid.t_end: got {taid.t_end}; must be in (0, 1].")
+    if not taid.t_start < taid.t_end:
+        raise UserError(f"loss.taid.t_start ({taid.t_start}) must be below loss.taid.t_end "
+                        f"({taid.t_end}).")
+    if not taid.momentum < 1.0:
+        raise UserError(f"loss.taid.momentum: got {taid.momentum}; must be in [0, 1) (at 1 "
+                        "the running decrease never moves).")
+    if taid.total_steps is None:
+        taid.total_steps = recipe.train.max_steps
 
 
 def _check_on_policy(recipe: Recipe) -> None:

@@ -6,6 +6,7 @@ Public interface:
 - ``Logits``, ``HiddenStates``, ``TopK`` (``losses.outputs``): the forms a model's outputs
   take on their way to the loss, declared once; ``TopK.from_logits`` makes the sparse form;
 - ``Schedule``, ``Objective``, ``build_objective``: the dynamic soft/hard weighting;
+  ``TaidSettings``: the knobs of the ``taid`` strategy;
 - ``finish_step_terms``: a step's summed logged terms -> the logged values (on-policy);
 - ``DIVERGENCES``, ``SCHEDULES``, ``ADAPTIVE``, ``ON_POLICY_LOSSES``: the names a recipe
   may use.
@@ -25,10 +26,11 @@ from losses.objective import LossTerms, Objective
 from losses.on_policy import ON_POLICY_LOSSES, finish_step_terms
 from losses.outputs import HiddenStates, Logits, ModelOutput, TeacherOutput, TopK
 from losses.schedules import SCHEDULES, Schedule, schedule_from
+from losses.taid import TaidSettings
 
 __all__ = ["ADAPTIVE", "DIVERGENCES", "ON_POLICY_LOSSES", "SCHEDULES", "DivergenceParams",
            "HiddenStates", "Logits", "LossTerms", "ModelOutput", "Objective", "Schedule",
-           "TeacherOutput", "TopK", "build_objective", "divergence", "finish_step_terms",
+           "TaidSettings", "TeacherOutput", "TopK", "build_objective", "divergence", "finish_step_terms",
            "fused_divergence", "hard_target_objective", "per_token_divergence",
            "schedule_from", "token_cross_entropy", "topk_from_logits"]
 
@@ -57,7 +59,11 @@ def build_objective(cfg, on_policy_loss: str = "full",
                      skew=cfg.skew, head_mass=cfg.akl_head_mass, adaptive=cfg.adaptive,
                      balance_momentum=cfg.balance_momentum,
                      router_aux_weight=optional(cfg.router_aux_weight),
-                     chunk_size=cfg.chunk_size, on_policy_loss=on_policy_loss)
+                     chunk_size=cfg.chunk_size, on_policy_loss=on_policy_loss,
+                     taid=TaidSettings(t_start=cfg.taid.t_start, t_end=cfg.taid.t_end,
+                                       rate=cfg.taid.rate, momentum=cfg.taid.momentum,
+                                       total_steps=cfg.taid.total_steps),
+                     todi_sharpness=cfg.todi_sharpness)
 
 
 def hard_target_objective(chunk_size: int = 256, peer_weight: float = 0.0) -> Objective:

@@ -1,67 +1,36 @@
 """Adaptive weighting strategies: adjust the scheduled weights from detached signals.
 
-A strategy acts at three points of the objective, all fixed before the memory-bounded
-pass so that the fused path stays exact:
-  - ``token_weights``: per-token hard and soft weights (teacher_confidence);
-  - ``scales``: one factor for the whole hard term and one for the soft term
-    (loss_balance, uncertainty);
-  - ``extra_loss``: terms outside the token sums (uncertainty's regulariser).
-``update`` runs once per optimizer step with the step's logged means.
+The interface is ``losses.strategy.ConstantWeights`` (``none``). A strategy either
+redistributes the scheduled weights, keeping what the schedule means (teacher_confidence:
+the mean soft weight; loss_balance: the total weight, with alpha as the soft term's share of
+the loss; taid: the weights untouched, the soft target moved), or replaces their magnitudes
+(uncertainty). The logged ``hard_weight`` and ``soft_weight`` are always the effective ones.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
 import torch
 from torch import nn
 
-from losses.terms import TokenTerms
+from losses.confidence import TeacherConfidence
+from losses.strategy import ConstantWeights
+from losses.taid import Taid, TaidSettings
 
 Tensor = torch.Tensor
 
 
-class ConstantWeights(nn.Module):
-    """``none``: the scheduled weights, the same for every token."""
-
-    needs_teacher_gold = False
-
-    def token_weights(self, terms: TokenTerms, hard: float, soft: float) -> tuple[Tensor, Tensor]:
-        ones = terms.valid.float()
-        return ones * hard, ones * soft
-
-    def scales(self) -> tuple[float | Tensor, float | Tensor]:
-        return 1.0, 1.0
-
-    def extra_loss(self, stats: dict[str, Tensor], share: Tensor, temperature: float) -> Tensor:
-        return torch.zeros((), device=share.device)
-
-    def log_values(self) -> dict[str, Tensor]:
-        return {}
-
-    def update(self, step_terms: dict[str, float]) -> None:
-        return None
-
-
-class TeacherConfidence(ConstantWeights):
-    """Per token, trust the teacher as much as it believes the gold token: with c the
-    teacher's probability of the label (at T = 1), the soft weight is alpha * c and the
-    weight the teacher loses goes to the hard target: hard + alpha * (1 - c). A teacher
-    that is right and sure is followed; a confidently wrong one (c near 0) is ignored in
-    favour of the data. (In the spirit of confidence-aware KD, e.g. Zhou et al. 2021's
-    "Rethinking soft labels"; the logged weights are means over tokens.)"""
-
-    needs_teacher_gold = True
-
-    def token_weights(self, terms: TokenTerms, hard: float, soft: float) -> tuple[Tensor, Tensor]:
-        if terms.teacher_gold is None:
-            return super().token_weights(terms, hard, soft)
-        confidence = terms.teacher_gold.exp()  # (n,), detached
-        return hard + soft * (1.0 - confidence), soft * confidence
-
-
 class LossBalance(ConstantWeights):
-    """Rescale the soft term to the hard term's magnitude: the soft term is multiplied by
-    EMA(CE) / EMA(T^2 * D), bias-corrected running averages over optimizer steps (1 until
-    the first step), clamped to [1e-2, 1e2]."""
+    """Keep the total weight S = h + w of the schedule and make the scheduled alpha = w / S
+    the soft term's share of the loss. With C = EMA(CE) and K = EMA(T^2 * D),
+    bias-corrected running averages over optimizer steps:
+
+        w' = S * w C / (w C + h K),   h' = S - w'
+
+    so that w' K / (w' K + h' C) = w / S. Until the first update (and where w C + h K is 0)
+    the weights are the schedule's."""
 
     def __init__(self, momentum: float) -> None:
         super().__init__()
@@ -69,18 +38,27 @@ class LossBalance(ConstantWeights):
         self.register_buffer("ema", torch.zeros(2, dtype=torch.float64))  # CE, T^2 * D
         self.register_buffer("updates", torch.zeros((), dtype=torch.float64))
 
-    def _scale(self) -> float:
+    def averages(self) -> tuple[float, float] | None:
+        """(C, K), bias-corrected; None before the first update."""
         if self.updates.item() == 0:
-            return 1.0
+            return None
         correction = 1.0 - self.momentum ** self.updates.item()
         ce, soft = (self.ema / correction).tolist()
-        return float(min(max(ce / max(soft, 1e-12), 1e-2), 1e2))
+        return ce, soft
 
-    def scales(self) -> tuple[float, float]:
-        return 1.0, self._scale()
-
-    def log_values(self) -> dict[str, Tensor]:
-        return {"balance_scale": torch.tensor(self._scale())}
+    def scales(self, hard: float, soft: float) -> tuple[float, float]:
+        averages = self.averages()
+        if averages is None:
+            return 1.0, 1.0
+        ce, kd = averages
+        denominator = soft * ce + hard * kd
+        if denominator <= 0:
+            return 1.0, 1.0
+        total = hard + soft
+        soft_new = total * soft * ce / denominator
+        # As factors of the scheduled weights; a weight of 0 stays 0 (its factor is moot).
+        return ((total - soft_new) / hard if hard > 0 else 1.0,
+                soft_new / soft if soft > 0 else 1.0)
 
     def update(self, step_terms: dict[str, float]) -> None:
         if "kd" not in step_terms:
@@ -94,13 +72,15 @@ class LossBalance(ConstantWeights):
 class Uncertainty(ConstantWeights):
     """Learned homoscedastic-uncertainty weights (Kendall, Gal & Cipolla, CVPR 2018): with
     log-variances s_hard, s_soft trained with the student,
-    total = exp(-s_hard) * hard term + exp(-s_soft) * soft term + s_hard + s_soft."""
+    total = exp(-s_hard) * hard term + exp(-s_soft) * soft term + s_hard + s_soft.
+    This replaces the schedule's magnitudes: the effective weights are the scheduled ones
+    times exp(-s), which is what ``hard_weight`` / ``soft_weight`` log."""
 
     def __init__(self) -> None:
         super().__init__()
         self.log_var = nn.Parameter(torch.zeros(2))  # hard, soft
 
-    def scales(self) -> tuple[Tensor, Tensor]:
+    def scales(self, hard: float, soft: float) -> tuple[Tensor, Tensor]:
         factors = torch.exp(-self.log_var.detach())
         return factors[0], factors[1]
 
@@ -118,14 +98,25 @@ class Uncertainty(ConstantWeights):
         return {"log_var_hard": values[0], "log_var_soft": values[1]}
 
 
-ADAPTIVE = ("none", "teacher_confidence", "loss_balance", "uncertainty")
+@dataclass(frozen=True)
+class StrategySettings:
+    """What the strategies that take settings read."""
+
+    balance_momentum: float = 0.9
+    taid: TaidSettings = field(default_factory=TaidSettings)
 
 
-def make_strategy(name: str, balance_momentum: float = 0.9) -> ConstantWeights:
-    if name == "teacher_confidence":
-        return TeacherConfidence()
-    if name == "loss_balance":
-        return LossBalance(balance_momentum)
-    if name == "uncertainty":
-        return Uncertainty()
-    return ConstantWeights()
+# name -> factory: the names a recipe's ``loss.adaptive`` may use.
+ADAPTIVE: dict[str, Callable[[StrategySettings], ConstantWeights]] = {
+    "none": lambda s: ConstantWeights(),
+    "teacher_confidence": lambda s: TeacherConfidence(),
+    "loss_balance": lambda s: LossBalance(s.balance_momentum),
+    "uncertainty": lambda s: Uncertainty(),
+    "taid": lambda s: Taid(s.taid),
+}
+
+
+def make_strategy(name: str, settings: StrategySettings = StrategySettings()) -> ConstantWeights:
+    if name not in ADAPTIVE:
+        raise ValueError(f"unknown adaptive strategy {name!r}; allowed: {', '.join(ADAPTIVE)}")
+    return ADAPTIVE[name](settings)

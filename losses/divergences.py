@@ -25,6 +25,11 @@ class DivergenceParams:
     beta: float = 0.5           # jsd: weight of the teacher in the mixture
     skew: float = 0.1           # skew_kl / skew_reverse_kl: share of the first argument
     head_mass: float = 0.5      # akl: teacher mass that defines the head
+    sharpness: float = 1.0      # todi: s in the per-outcome gate sigmoid(s * log(p / q))
+
+    def __post_init__(self) -> None:
+        if not self.sharpness > 0:
+            raise ValueError(f"todi sharpness must be > 0, got {self.sharpness}")
 
 
 def kl(log_a: Tensor, log_b: Tensor) -> Tensor:
@@ -114,6 +119,36 @@ def akl(log_q: Tensor, log_p: Tensor, params: DivergenceParams) -> Tensor:
     return w_head * kl(log_p, log_q) + (1.0 - w_head) * kl(log_q, log_p)
 
 
+def todi(log_q: Tensor, log_p: Tensor, params: DivergenceParams) -> Tensor:
+    """Token-wise divergence control (ToDi, Jung, Yoon, Kim & Lee, EMNLP 2025): per
+    outcome v, with r_v = log(p_v / q_v) and the detached gate a_v = sigmoid(s * r_v),
+
+        sum_v  a_v * p_v * r_v  +  (1 - a_v) * q_v * (-r_v)
+
+    i.e. forward KL's term where the student under-estimates the teacher (a_v > 1/2) and
+    reverse KL's where it over-estimates, mixed smoothly; s = ``params.sharpness`` > 0.
+
+    Each outcome's term is >= 0, so the sum is a true divergence. The term is
+    r * (a p - (1 - a) q). For r > 0 (p > q): a / (1 - a) = e^(s r) > 1 > e^(-r) = q / p,
+    so a p > (1 - a) q and the term is > 0. For r < 0: a / (1 - a) = e^(s r) < 1 <
+    e^(-r) = q / p, so a p < (1 - a) q and the term is again > 0. It is 0 only at r = 0,
+    so the sum is 0 iff p == q. (A KL's own per-outcome terms p log(p/q) can be negative.)
+    At s = 1 the gate is p / (p + q), each term is (p - q) log(p/q), and the sum is
+    KL(p || q) + KL(q || p) (Jeffreys).
+    """
+    p, q = log_p.exp(), log_q.exp()
+    log_ratio = log_p - log_q
+    # The gate only weighs the two terms, so it is detached; where both are 0 the ratio is
+    # NaN (-inf - -inf) and both terms vanish anyway: any gate will do.
+    gate = torch.sigmoid(params.sharpness * log_ratio.detach().nan_to_num(
+        nan=0.0, posinf=float("inf"), neginf=float("-inf")))
+    # As in kl(): mask the log-ratios (not the products) where the weighting probability
+    # is 0, which keeps 0 * inf out of the value and the gradient.
+    forward = p * log_ratio.masked_fill(p == 0, 0.0)            # p log(p/q)
+    reverse = q * (-log_ratio).masked_fill(q == 0, 0.0)         # q log(q/p)
+    return (gate * forward + (1.0 - gate) * reverse).sum(dim=-1)
+
+
 DIVERGENCES: dict[str, Callable[[Tensor, Tensor, DivergenceParams], Tensor]] = {
     "forward_kl": forward_kl,
     "reverse_kl": reverse_kl,
@@ -122,4 +157,5 @@ DIVERGENCES: dict[str, Callable[[Tensor, Tensor, DivergenceParams], Tensor]] = {
     "skew_reverse_kl": skew_reverse_kl,
     "tvd": tvd,
     "akl": akl,
+    "todi": todi,
 }

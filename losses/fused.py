@@ -8,7 +8,9 @@ backward pass merely scales them. Peak extra memory is O(chunk_size x vocab).
 
 The loss of a chunk must be linear in the upstream gradient (a plain sum), which holds for
 every objective here: its weights are fixed before the pass (the on-policy estimator's
-advantage is detached, so it is such a weight too).
+advantage is detached, so it is such a weight too). Per-token tensors fixed before the
+pass (the ``generated`` mask, per-token loss weights) travel as ``per_token``, a mapping of
+tensors shaped like the labels; ``chunk_fn`` gets each chunk's rows of them, on both paths.
 """
 
 from __future__ import annotations
@@ -20,15 +22,16 @@ import torch
 from losses.outputs import TeacherOutput
 
 Tensor = torch.Tensor
-# (student_logits (n, V), teacher rows, labels (n,), generated (n,) or None)
+PerToken = dict[str, Tensor]
+# (student_logits (n, V), teacher rows, labels (n,), per-token rows {name: (n,)})
 #   -> (loss scalar, stats (k,))
-ChunkFn = Callable[[Tensor, object, Tensor, Tensor | None], tuple[Tensor, Tensor]]
+ChunkFn = Callable[[Tensor, object, Tensor, PerToken], tuple[Tensor, Tensor]]
 
 
 class _ChunkedLinearLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: Tensor, head_weight: Tensor, labels: Tensor, teacher,
-                chunk_fn: ChunkFn, chunk_size: int, generated: Tensor | None):
+                chunk_fn: ChunkFn, chunk_size: int, per_token: PerToken):
         grad_hidden = torch.zeros_like(hidden, dtype=torch.float32)
         grad_weight = torch.zeros_like(head_weight, dtype=torch.float32)
         weight = head_weight.detach()
@@ -43,8 +46,8 @@ class _ChunkedLinearLoss(torch.autograd.Function):
             logits = (h @ weight.to(h.dtype).t()).requires_grad_()  # (n, V)
             with torch.enable_grad():
                 loss, chunk_stats = chunk_fn(logits, None if teacher is None else teacher.rows(rows),
-                                               labels[rows],
-                                               None if generated is None else generated[rows])
+                                             labels[rows],
+                                             {k: v[rows] for k, v in per_token.items()})
                 (grad_logits,) = torch.autograd.grad(loss, [logits])
             total += loss.detach().float()
             del logits, loss  # free the chunk's logits before its gradient's two matmuls
@@ -70,29 +73,35 @@ class _ChunkedLinearLoss(torch.autograd.Function):
 def chunked_linear_loss(hidden: Tensor, head_weight: Tensor, labels: Tensor,
                         teacher: TeacherOutput | None, chunk_fn: ChunkFn,
                         chunk_size: int = 256,
-                        generated: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                        per_token: PerToken | None = None) -> tuple[Tensor, Tensor]:
     """Sum of ``chunk_fn`` over token chunks with logits = hidden @ head_weight.T.
 
     hidden: (..., H); head_weight: (V, H); labels: (...); teacher: any teacher output of
-    the same leading shape, or None; generated: a bool mask (...) that ``chunk_fn`` gets
-    chunk by chunk, or None. Returns (loss, stats).
+    the same leading shape, or None; per_token: tensors shaped like ``labels`` (a
+    ``generated`` mask, per-token weights) that ``chunk_fn`` gets chunk by chunk.
+    Returns (loss, stats).
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     flat_hidden = hidden.reshape(-1, hidden.shape[-1])  # (tokens, H)
     return _ChunkedLinearLoss.apply(flat_hidden, head_weight, labels.reshape(-1),
                                     _flatten(teacher), chunk_fn, chunk_size,
-                                    None if generated is None else generated.reshape(-1))
+                                    _flat_rows(per_token))
 
 
 def plain_loss(student_logits: Tensor, labels: Tensor, teacher: TeacherOutput | None,
-               chunk_fn: ChunkFn, generated: Tensor | None = None) -> tuple[Tensor, Tensor]:
+               chunk_fn: ChunkFn, per_token: PerToken | None = None) -> tuple[Tensor, Tensor]:
     """The same sum over all tokens at once, on materialised logits (..., V)."""
     flat_teacher = _flatten(teacher)
     return chunk_fn(student_logits.reshape(-1, student_logits.shape[-1]),
                     None if flat_teacher is None else flat_teacher.rows(slice(None)),
-                    labels.reshape(-1), None if generated is None else generated.reshape(-1))
+                    labels.reshape(-1), _flat_rows(per_token))
 
 
 def _flatten(teacher: TeacherOutput | None) -> TeacherOutput | None:
     return None if teacher is None else teacher.flatten()
+
+
+def _flat_rows(per_token: PerToken | None) -> PerToken:
+    """Each per-token tensor (...) as (tokens,), token-major like the labels."""
+    return {name: value.reshape(-1) for name, value in (per_token or {}).items()}

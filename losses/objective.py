@@ -4,7 +4,10 @@
 
 soft_weight (alpha), hard_weight (1 - alpha unless scheduled on its own), the temperature
 T, jsd's beta and router_aux_weight are schedules of the optimizer step; an adaptive
-strategy (``losses.adaptive``) adjusts the weights from detached signals. Every sum over
+strategy (``losses.adaptive``) adjusts the weights from detached signals, or (taid) the
+soft target. Per-token weights are fixed for the whole micro-batch before the pass (a
+strategy that needs the teacher's confidence gets it from a teacher-only pre-pass), and
+reach ``chunk_fn`` as per-token rows, so the fused path stays exact. Every sum over
 tokens is divided by ``step_tokens``, the valid target tokens of the whole optimizer step
 (all micro-batches, all processes), so the step's gradient does not depend on how it is
 split. Logged terms are this micro-batch's share of the step mean: summed over a step's
@@ -22,13 +25,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from losses.adaptive import ADAPTIVE, make_strategy
+from losses.adaptive import ADAPTIVE, StrategySettings, make_strategy
 from losses.divergences import DivergenceParams
 from losses.fused import chunked_linear_loss, plain_loss
 from losses.on_policy import ON_POLICY_LOSSES, on_policy_tokens
 from losses.schedules import Schedule
 from losses.outputs import HiddenStates, ModelOutput, TeacherOutput, as_output
-from losses.terms import TermSpec, token_terms
+from losses.taid import TaidSettings
+from losses.terms import TermSpec, teacher_gold, token_terms
 
 Tensor = torch.Tensor
 # Order of the per-chunk statistics the objective sums.
@@ -54,9 +58,11 @@ class Objective(nn.Module):
                  skew: float = 0.1, head_mass: float = 0.5, adaptive: str = "none",
                  balance_momentum: float = 0.9, router_aux_weight: Schedule | None = None,
                  chunk_size: int = 256, ignore_index: int = -100,
-                 on_policy_loss: str = "full") -> None:
+                 on_policy_loss: str = "full", taid: TaidSettings | None = None,
+                 todi_sharpness: float = 1.0) -> None:
         super().__init__()
-        TermSpec(kind=divergence)  # validates the name early
+        # validates the name and the divergence's knobs early
+        TermSpec(kind=divergence, params=DivergenceParams(sharpness=todi_sharpness))
         if adaptive not in ADAPTIVE:
             raise ValueError(f"unknown adaptive strategy {adaptive!r}; "
                              f"allowed: {', '.join(ADAPTIVE)}")
@@ -71,10 +77,12 @@ class Objective(nn.Module):
         self.beta = beta
         self.skew = skew
         self.head_mass = head_mass
+        self.todi_sharpness = todi_sharpness
         self.router_aux_weight = router_aux_weight
         self.chunk_size = chunk_size
         self.ignore_index = ignore_index
-        self.strategy = make_strategy(adaptive, balance_momentum)
+        self.strategy = make_strategy(adaptive, StrategySettings(
+            balance_momentum=balance_momentum, taid=taid or TaidSettings()))
 
     def scalars(self, step: int) -> dict[str, float]:
         """The scheduled values at ``step``."""
@@ -103,20 +111,26 @@ class Objective(nn.Module):
         s = self.scalars(step)
         spec = TermSpec(kind=self.divergence, temperature=s["temperature"],
                         params=DivergenceParams(beta=s.get("beta", 0.5), skew=self.skew,
-                                                head_mass=self.head_mass),
+                                                head_mass=self.head_mass,
+                                                sharpness=self.todi_sharpness),
                         ignore_index=self.ignore_index,
-                        need_teacher_gold=self.strategy.needs_teacher_gold
-                        or generated is not None)
-        hard_scale, soft_scale = self.strategy.scales()  # fixed before the pass
+                        need_teacher_gold=generated is not None,
+                        teacher_share=None if teacher is None
+                        else self.strategy.teacher_share())
+        # Everything the strategy decides is fixed here, before the pass.
+        hard_scale, soft_scale = self.strategy.scales(s["hard_weight"], s["soft_weight"])
+        per_token = self._token_weights(teacher, labels, s)
+        if generated is not None:
+            per_token["generated"] = generated
         denominator = torch.as_tensor(step_tokens, dtype=torch.float32).clamp(min=1)
 
         squared_t = s["temperature"] ** 2
 
         def chunk_fn(student_logits: Tensor, teacher_rows, chunk_labels: Tensor,
-                     chunk_generated: Tensor | None):
+                     rows: dict[str, Tensor]):
             terms = token_terms(student_logits, teacher_rows, chunk_labels, spec)
-            hard_w, soft_w = self.strategy.token_weights(terms, s["hard_weight"],
-                                                         s["soft_weight"])
+            hard_w, soft_w = rows["hard_weight"], rows["soft_weight"]
+            chunk_generated = rows.get("generated")
             valid = terms.valid.float()
             kd = terms.kd if terms.kd is not None else torch.zeros_like(terms.ce)  # no teacher
             ce_logged, kd_logged, kd_soft, sampled, on_stats = terms.ce, kd, kd, None, []
@@ -150,9 +164,9 @@ class Objective(nn.Module):
 
         if isinstance(student, HiddenStates):  # the fused path: logits chunk by chunk
             total, stats = chunked_linear_loss(student.hidden, student.head, labels, teacher,
-                                               chunk_fn, self.chunk_size, generated)
+                                               chunk_fn, self.chunk_size, per_token)
         else:
-            total, stats = plain_loss(student.logits, labels, teacher, chunk_fn, generated)
+            total, stats = plain_loss(student.logits, labels, teacher, chunk_fn, per_token)
         sums = dict(zip(_ON_POLICY_SUMS, stats[len(_STATS) + 1:].unbind()))
         stats = dict(zip(_STATS + _ON_POLICY_SHARES,
                          (stats[:len(_STATS) + 1] / denominator.to(stats.device)).unbind()))
@@ -179,8 +193,22 @@ class Objective(nn.Module):
         terms.update({k: v * share for k, v in self.strategy.log_values().items()})
         scalars = {k: v for k, v in s.items() if k not in ("soft_weight", "hard_weight")}
         scalars["soft_weight_scheduled"] = s["soft_weight"]
+        scalars.update(self.strategy.step_scalars())
         return LossTerms(total=total, terms={k: v.detach().float().cpu() for k, v in terms.items()},
                          scalars=scalars)
+
+    def _token_weights(self, teacher: TeacherOutput | None, labels: Tensor,
+                       s: dict[str, float]) -> dict[str, Tensor]:
+        """The strategy's per-token (hard, soft) weights for the whole micro-batch, shaped
+        like ``labels``; from the teacher's log-probability of each label when it asks."""
+        flat = labels.reshape(-1)
+        gold = None
+        if self.strategy.needs_teacher_gold and teacher is not None:
+            gold = teacher_gold(teacher.flatten(), flat, self.chunk_size, self.ignore_index)
+        hard_w, soft_w = self.strategy.token_weights(gold, flat != self.ignore_index,
+                                                     s["hard_weight"], s["soft_weight"])
+        return {"hard_weight": hard_w.reshape(labels.shape),
+                "soft_weight": soft_w.reshape(labels.shape)}
 
     def update(self, step_terms: dict[str, float]) -> None:
         """Once per optimizer step, with the step's logged means (for running averages)."""

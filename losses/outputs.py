@@ -9,9 +9,10 @@ A teacher answers in one of three forms, and the student's own outputs take the 
 
 Each type knows how to move itself to a device, flatten itself to token-major form, give
 the rows of a chunk of tokens, cut its vocabulary to the rows the loss compares, list its
-tensors (for CUDA stream bookkeeping) and turn itself into the two distributions a
-divergence compares; so neither the loss nor the loop branches on the form. Teachers
-import these types and nothing else of ``losses/`` internals.
+tensors (for CUDA stream bookkeeping), give its log-probability of each label and turn
+itself into the two distributions a divergence compares; so neither the loss nor the loop
+branches on the form. Teachers import these types and nothing else of ``losses/``
+internals.
 """
 
 from __future__ import annotations
@@ -74,14 +75,20 @@ class Logits:
     def rows(self, rows: slice) -> "Logits":
         return Logits(self.logits[rows])
 
+    def gold(self, labels: Tensor, log_p: Tensor | None = None) -> Tensor:
+        """The teacher's log-probability of each label at T = 1: (n,) for labels (n,),
+        clamped to valid ids. ``log_p``: the T = 1 log-softmax when already computed."""
+        if log_p is None:
+            log_p = F.log_softmax(self.logits.float(), dim=-1)
+        return log_p.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+
     def soft_targets(self, student_log_q: Tensor, labels: Tensor, temperature: float,
                      need_gold: bool) -> SoftTargets:
         """student_log_q: (n, V) at temperature T; labels: (n,), clamped to valid ids."""
         log_p = F.log_softmax(_tempered(self.logits, temperature), dim=-1)
         gold = None
         if need_gold:
-            at_t1 = log_p if temperature == 1.0 else F.log_softmax(self.logits.float(), -1)
-            gold = at_t1.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+            gold = self.gold(labels, log_p if temperature == 1.0 else None)
         return SoftTargets(student_log_q, log_p, gold)
 
 
@@ -116,6 +123,9 @@ class HiddenStates:
         """The logits of a chunk of tokens, formed here and only here (no gradient)."""
         with torch.no_grad():
             return Logits(self.hidden[rows].to(self.head.dtype) @ self.head.t())  # (n, V)
+
+    def gold(self, labels: Tensor) -> Tensor:
+        return self.rows(slice(None)).gold(labels)
 
     def soft_targets(self, student_log_q: Tensor, labels: Tensor, temperature: float,
                      need_gold: bool) -> SoftTargets:
@@ -178,14 +188,17 @@ class TopK:
         """Both sides folded onto the teacher's k tokens plus the tail bucket."""
         log_q, log_p = fold(student_log_q, self.log_probs, self.indices, self.log_tail,
                             temperature)
-        gold = None
-        if need_gold and self.label_log_probs is not None:
-            gold = self.label_log_probs.float()
-        elif need_gold:  # a label outside the top-k counts as probability 0
-            hit = self.indices == labels.unsqueeze(-1)
-            gold = torch.where(hit, self.log_probs, torch.full_like(self.log_probs,
-                               float("-inf"))).amax(dim=-1)
-        return SoftTargets(log_q, log_p, gold)
+        return SoftTargets(log_q, log_p, self.gold(labels) if need_gold else None)
+
+    def gold(self, labels: Tensor) -> Tensor:
+        """The teacher's log-probability of each label (n,) at T = 1: ``label_log_probs``
+        when the source gave them, else from the top-k (-inf for a label outside it)."""
+        if self.label_log_probs is not None:
+            return self.label_log_probs.float()
+        hit = self.indices == labels.unsqueeze(-1)
+        return torch.where(hit, self.log_probs.float(),
+                           torch.full_like(self.log_probs, float("-inf"), dtype=torch.float32)
+                           ).amax(dim=-1)
 
 
 # A teacher's answer for a micro-batch (None: no teacher); the student's own outputs are

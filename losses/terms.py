@@ -3,7 +3,9 @@ plain path (all tokens at once) and the fused path (chunk by chunk).
 
 The teacher's rows of a chunk come as :class:`~losses.outputs.Logits` or
 :class:`~losses.outputs.TopK` (a :class:`~losses.outputs.HiddenStates` teacher gives
-``Logits`` per chunk); each form turns itself into the two distributions compared.
+``Logits`` per chunk); each form turns itself into the two distributions compared. With
+``teacher_share`` (TAID's t) the teacher's side is first moved to the interpolation between
+the two (``losses.taid.interpolate``), in whatever outcomes the form compares.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from losses.divergences import DIVERGENCES, DivergenceParams
-from losses.outputs import Logits, TopK
+from losses.outputs import Logits, TeacherOutput, TopK
+from losses.taid import interpolate
 
 Tensor = torch.Tensor
 
@@ -25,8 +28,9 @@ class TermSpec:
     temperature: float = 1.0
     params: DivergenceParams = DivergenceParams()
     ignore_index: int = -100
-    need_teacher_gold: bool = False   # teacher's log-prob of the label, for confidence weights
+    need_teacher_gold: bool = False   # teacher's log-prob of the label (on-policy grading)
     need_ce: bool = True               # the hard cross-entropy (the divergence API skips it)
+    teacher_share: float | None = None  # taid's t: the target is p_t, not p (None: p)
 
     def __post_init__(self) -> None:
         if self.kind not in DIVERGENCES:
@@ -34,6 +38,8 @@ class TermSpec:
                              f"allowed: {', '.join(DIVERGENCES)}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.teacher_share is not None and not 0.0 <= self.teacher_share <= 1.0:
+            raise ValueError(f"teacher_share must be in [0, 1], got {self.teacher_share}")
 
 
 @dataclass
@@ -70,7 +76,25 @@ def token_terms(student_logits: Tensor, teacher: Logits | TopK | None, labels: T
         return TokenTerms(valid=valid, ce=ce, kd=None, teacher_gold=None)
     targets = teacher.soft_targets(log_q, labels.clamp(min=0), spec.temperature,
                                    spec.need_teacher_gold)
-    kd = DIVERGENCES[spec.kind](targets.log_q, targets.log_p, spec.params)
+    log_p = targets.log_p if spec.teacher_share is None else \
+        interpolate(targets.log_q, targets.log_p, spec.teacher_share)
+    kd = DIVERGENCES[spec.kind](targets.log_q, log_p, spec.params)
     kd = torch.where(valid, kd, zeros)
     gold = None if targets.gold is None else torch.where(valid, targets.gold.detach(), zeros)
     return TokenTerms(valid=valid, ce=ce, kd=kd, teacher_gold=gold)
+
+
+def teacher_gold(teacher: TeacherOutput, labels: Tensor, chunk_size: int,
+                 ignore_index: int = -100) -> Tensor:
+    """The teacher's log-probability of every label at T = 1, before the loss's pass: for
+    strategies whose per-token weights depend on the whole micro-batch.
+
+    teacher: flattened (tokens, ...); labels: (tokens,). Chunk by chunk, without gradient,
+    so a HiddenStates teacher never forms more than a chunk's logits; no student pass.
+    Returns (tokens,) float32, 0 at ignored positions."""
+    gold = torch.zeros(labels.shape, dtype=torch.float32, device=labels.device)
+    with torch.no_grad():
+        for start in range(0, labels.shape[0], chunk_size):
+            rows = slice(start, start + chunk_size)
+            gold[rows] = teacher.rows(rows).gold(labels[rows].clamp(min=0)).to(gold.device)
+    return torch.where(labels != ignore_index, gold, torch.zeros_like(gold))

@@ -97,10 +97,44 @@ def _reload(recipe: Recipe) -> Recipe:
     ("data.source=files", r"data.files: source is 'files' but no files are listed"),
     ("train.cpu=maybe", r"train.cpu: got 'maybe' \(str\); expected true or false"),
     ("seed", r"not of the form key=value"),
+    ("loss.adaptive=tiad", r"loss.adaptive: got 'tiad'.*Did you mean 'taid'"),
+    ("loss.divergence=todj", r"Did you mean 'todi'"),
+    ("loss.todi_sharpness=0", r"loss.todi_sharpness: got 0.0; must be > 0"),
+    ("loss.taid.t_start=1", r"loss.taid.t_start: got 1.0; must be in \[0, 1\)"),
+    ("loss.taid.t_start=-0.1", r"loss.taid.t_start: got -0.1; must be >= 0.0"),
+    ("loss.taid.t_end=0", r"loss.taid.t_end: got 0.0; must be in \(0, 1\]"),
+    ("loss.taid.t_end=1.5", r"loss.taid.t_end: got 1.5; must be <= 1.0"),
+    ("loss.taid.momentum=1", r"loss.taid.momentum: got 1.0; must be in \[0, 1\)"),
+    ("loss.taid.rate=-1", r"loss.taid.rate: got -1.0; must be >= 0.0"),
+    ("loss.taid.total_steps=0", r"loss.taid.total_steps: got 0; must be >= 1"),
+    ("loss.taid.t_satrt=0.1", r"unknown key 'loss.taid.t_satrt'.*Did you mean 't_start'"),
 ])
 def test_bad_values_are_refused_with_the_key_named(override: str, expected: str):
     with pytest.raises(UserError, match=expected):
         load_recipe(QUICKSTART, [override])
+
+
+def test_taid_section_is_checked_resolved_and_fingerprinted_only_when_used():
+    from distill.fingerprint import recipe_fingerprint
+
+    with pytest.raises(UserError, match=r"loss.taid.t_start \(0.7\) must be below "
+                                        r"loss.taid.t_end \(0.6\)"):
+        load_recipe(QUICKSTART, ["loss.taid.t_start=0.7", "loss.taid.t_end=0.6"])
+    recipe = load_recipe(QUICKSTART, ["train.max_steps=40", "loss.adaptive=taid",
+                                      "loss.taid.rate=0.01"])
+    assert recipe.loss.taid.total_steps == 40  # null follows train.max_steps
+    assert dump_recipe(_reload(recipe)) == dump_recipe(recipe)
+    import losses
+
+    strategy = losses.build_objective(recipe.loss).strategy
+    assert strategy.settings == losses.TaidSettings(0.4, 1.0, 0.01, 0.99, 40)
+    assert recipe_fingerprint(recipe)["loss.taid.total_steps"] == 40
+    # unused, the section and todi's sharpness change nothing a step computes: a run from
+    # before they existed still resumes
+    plain = recipe_fingerprint(load_recipe(QUICKSTART))
+    assert not [k for k in plain if k.startswith("loss.taid") or k == "loss.todi_sharpness"]
+    todi = recipe_fingerprint(load_recipe(QUICKSTART, ["loss.divergence=todi"]))
+    assert todi["loss.todi_sharpness"] == 1.0
 
 
 def test_unsafe_yaml_and_non_mapping_are_refused(tmp_path: Path):

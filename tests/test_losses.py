@@ -22,6 +22,16 @@ def _mix(a: list[float], b: list[float], w: float) -> list[float]:
     return [w * x + (1 - w) * y for x, y in zip(a, b)]
 
 
+def _todi(p: list[float], q: list[float], s: float = 1.0) -> float:
+    """Per outcome: gate a = sigmoid(s log(p/q)); a p log(p/q) + (1 - a) q log(q/p)."""
+    total = 0.0
+    for pi, qi in zip(p, q):
+        r = math.log(pi / qi)
+        a = 0.5 * (1.0 + math.tanh(0.5 * s * r))  # sigmoid(s r), without overflow
+        total += a * pi * r + (1.0 - a) * qi * -r
+    return total
+
+
 P, Q = [0.6, 0.3, 0.1], [0.3, 0.3, 0.4]
 HAND = {
     "forward_kl": _kl(P, Q),
@@ -32,6 +42,9 @@ HAND = {
     "tvd": 0.5 * (0.3 + 0.0 + 0.3),
     # head = {token 0} (0.6 >= 0.5): gaps 0.3 in head, 0.3 in tail -> half FKL, half RKL
     "akl": 0.5 * _kl(P, Q) + 0.5 * _kl(Q, P),
+    # gates sigmoid(log 2) = 2/3, 1/2, sigmoid(log 1/4) = 1/5:
+    # (2/3 * 0.6 - 1/3 * 0.3) log 2 + 0 + (1/5 * 0.1 - 4/5 * 0.4) log(1/4) = 0.9 log 2
+    "todi": 0.9 * math.log(2.0),
 }
 
 
@@ -41,6 +54,58 @@ def test_divergence_matches_hand_value(kind: str):
     student = torch.tensor(Q).log().view(1, 3)
     value = losses.divergence(student, teacher, torch.tensor([0]), kind)
     assert value.item() == pytest.approx(HAND[kind], rel=1e-5)
+
+
+def test_todi_by_hand_at_sharpness_two():
+    # gates sigmoid(2 log 2) = 4/5 and sigmoid(2 log 1/4) = 1/17 (the middle outcome is 0):
+    # (4/5 * 0.6 - 1/5 * 0.3) log 2 + (1/17 * 0.1 - 16/17 * 0.4) log(1/4)
+    expected = (0.42 + 12.6 / 17) * math.log(2.0)
+    assert _todi(P, Q, 2.0) == pytest.approx(expected)
+    value = losses.divergence(torch.tensor([Q]).log(), torch.tensor([P]).log(),
+                              torch.tensor([0]), "todi", sharpness=2.0)
+    assert value.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_todi_at_sharpness_one_is_forward_plus_reverse_kl():
+    # with s = 1 the gate is p / (p + q), so each term is (p - q) log(p/q): Jeffreys
+    torch.manual_seed(7)
+    student, teacher = torch.randn(20, 13) * 3, torch.randn(20, 13) * 3
+    per = {kind: losses.per_token_divergence(student, teacher, kind)
+           for kind in ("todi", "forward_kl", "reverse_kl")}
+    torch.testing.assert_close(per["todi"], per["forward_kl"] + per["reverse_kl"],
+                               rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("sharpness", [0.05, 1.0, 3.0, 50.0])
+def test_todi_is_a_divergence_for_any_sharpness(sharpness: float):
+    torch.manual_seed(8)
+    student, teacher = torch.randn(200, 9) * 4, torch.randn(200, 9) * 4
+    values = losses.per_token_divergence(student, teacher, "todi", sharpness=sharpness)
+    assert (values >= 0).all() and values.min() > 0
+    by_hand = [_todi(torch.softmax(teacher[i], -1).tolist(),
+                     torch.softmax(student[i], -1).tolist(), sharpness) for i in range(5)]
+    assert values[:5].tolist() == pytest.approx(by_hand, rel=1e-4)
+    same = losses.per_token_divergence(teacher, teacher.clone(), "todi", sharpness=sharpness)
+    assert same.abs().max() < 1e-6
+    with pytest.raises(ValueError, match="sharpness must be > 0"):
+        losses.DivergenceParams(sharpness=0.0)
+
+
+def test_todi_with_a_token_banned_on_both_sides_and_by_the_teacher_alone():
+    student = torch.randn(3, 5, requires_grad=True)
+    banned = torch.tensor([float("-inf"), 0.0, 0.0, 0.0, 0.0])
+    teacher = torch.randn(3, 5) + banned
+    value = losses.divergence(student + banned, teacher, torch.zeros(3, dtype=torch.long),
+                              "todi", sharpness=2.0)
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(student.grad).all()
+    # the banned outcome contributes nothing: the same as dropping it from both sides
+    kept = losses.divergence(student[:, 1:], teacher[:, 1:], torch.zeros(3, dtype=torch.long),
+                             "todi", sharpness=2.0)
+    assert value.item() == pytest.approx(kept.item(), rel=1e-5)
+    # only the teacher bans it: the reverse-KL part is infinite there, as reverse KL is
+    alone = losses.divergence(student.detach(), teacher, torch.zeros(3, dtype=torch.long), "todi")
+    assert alone.item() == float("inf")
 
 
 def test_temperature_softens_both_sides():
@@ -224,58 +289,22 @@ def assert_objective_fused_equals_plain(make_objective, hidden, head, teacher, l
 
 
 @pytest.mark.parametrize("adaptive", losses.ADAPTIVE)
-def test_objective_fused_equals_plain(adaptive: str):
+@pytest.mark.parametrize("teacher_form", ["logits", "hidden", "topk"])
+@pytest.mark.parametrize("divergence", ["forward_kl", "todi"])
+def test_objective_fused_equals_plain(adaptive: str, teacher_form: str, divergence: str):
+    """Per-token weights from the pre-pass (teacher_confidence) and the interpolated target
+    (taid) included: chunks of 4 cut the 15 tokens unevenly."""
     torch.manual_seed(4)
     hidden = torch.randn(3, 5, 6, requires_grad=True)
     head = torch.randn(11, 6, requires_grad=True)
-    teacher = torch.randn(3, 5, 11)
+    t_hidden, t_head = torch.randn(3, 5, 7), torch.randn(11, 7)
+    teacher = {"logits": t_hidden @ t_head.t(), "hidden": HiddenStates(t_hidden, t_head),
+               "topk": topk_from_logits(t_hidden @ t_head.t(), 4)}[teacher_form]
     labels = torch.randint(0, 11, (3, 5))
     labels[2, 1:] = -100
-    assert_objective_fused_equals_plain(lambda: _objective(adaptive=adaptive, chunk_size=4),
-                                        hidden, head, teacher, labels, 20)
-
-
-def test_teacher_confidence_ignores_a_confidently_wrong_teacher():
-    labels = torch.tensor([0, 0])
-    student = torch.zeros(2, 4)
-    right = torch.tensor([[12.0, 0.0, 0.0, 0.0]] * 2)   # sure of the gold token
-    wrong = torch.tensor([[0.0, 12.0, 0.0, 0.0]] * 2)   # sure of another token
-    objective = _objective(adaptive="teacher_confidence", soft_weight=Schedule("constant", 0.8, 0.8))
-    trusted = objective(student, right, labels, step=0, step_tokens=2).terms
-    ignored = objective(student, wrong, labels, step=0, step_tokens=2).terms
-    assert trusted["soft_weight"].item() == pytest.approx(0.8, abs=1e-3)
-    assert ignored["soft_weight"].item() == pytest.approx(0.0, abs=1e-3)
-    assert ignored["hard_weight"].item() == pytest.approx(1.0, abs=1e-3)
-
-
-def test_loss_balance_scales_soft_term_to_hard_magnitude():
-    objective = _objective(adaptive="loss_balance", balance_momentum=0.9)
-    student, teacher, labels = torch.randn(4, 6), torch.randn(4, 6), torch.zeros(4, dtype=torch.long)
-    before = objective(student, teacher, labels, step=0, step_tokens=4)
-    assert before.terms["balance_scale"].item() == pytest.approx(1.0)
-    # one update with CE 4 and T^2 * KD = 4 * 0.5: bias-corrected averages are exact
-    objective.update({"ce": 4.0, "kd": 0.5, "temperature": 2.0})
-    after = objective(student, teacher, labels, step=1, step_tokens=4)
-    assert after.terms["balance_scale"].item() == pytest.approx(2.0)
-    ce, kd = after.terms["ce"].item(), after.terms["kd"].item()
-    assert after.total.item() == pytest.approx(0.7 * ce + 0.3 * 2.0 * 4.0 * kd, rel=1e-5)
-    objective.update({"ce": 1e-6, "kd": 100.0, "temperature": 2.0})
-    assert objective.strategy.scales()[1] >= 1e-2  # clamped
-
-
-def test_uncertainty_weights_and_their_gradient_by_hand():
-    objective = _objective(adaptive="uncertainty")
-    with torch.no_grad():
-        objective.strategy.log_var.copy_(torch.tensor([0.5, -0.3]))
-    student, teacher, labels = torch.randn(4, 6), torch.randn(4, 6), torch.zeros(4, dtype=torch.long)
-    out = objective(student, teacher, labels, step=0, step_tokens=4)
-    ce, kd = out.terms["ce"].item(), out.terms["kd"].item()
-    hard_term, soft_term = 0.7 * ce, 0.3 * 4.0 * kd
-    expected = math.exp(-0.5) * hard_term + math.exp(0.3) * soft_term + 0.5 - 0.3
-    assert out.total.item() == pytest.approx(expected, rel=1e-5)
-    (grad,) = torch.autograd.grad(out.total, [objective.strategy.log_var])
-    assert grad.tolist() == pytest.approx([-math.exp(-0.5) * hard_term + 1,
-                                           -math.exp(0.3) * soft_term + 1], rel=1e-5)
+    assert_objective_fused_equals_plain(
+        lambda: _objective(adaptive=adaptive, chunk_size=4, divergence=divergence),
+        hidden, head, teacher, labels, 20)
 
 
 def test_router_aux_loss_by_hand():

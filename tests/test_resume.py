@@ -203,3 +203,44 @@ def test_changed_bytes_in_the_newest_checkpoint_are_caught_and_it_falls_back(
     # the new step-6 checkpoint replaced the damaged one
     assert json.loads((weights.parent / "checksums.json").read_text())["model.safetensors"] == \
         hashlib.sha256(weights.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("adaptive, settings", [
+    ("taid", {"loss.taid.rate": 0.2, "loss.taid.momentum": 0.5, "loss.taid.total_steps": 1000}),
+    ("loss_balance", {"loss.balance_momentum": 0.5}),
+])
+def test_a_stateful_strategy_resumes_exactly(tmp_path: Path, cache_dir: Path, adaptive: str,
+                                             settings: dict):
+    """The strategy's state (taid's t, momentum and last soft term; loss_balance's running
+    averages) lives in buffers of the objective inside the student's module: the checkpoint
+    of step 3 holds it, and the resumed steps log what the uninterrupted run logged."""
+    from safetensors.torch import load_file
+
+    settings = {"loss.adaptive": adaptive, **settings}
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    run(_recipe(whole, cache_dir, **settings))
+    shutil.copytree(whole, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-00000006")  # resume from step 3
+    shutil.rmtree(resumed / "student")
+    run(_recipe(resumed, cache_dir, **settings), resume=True)
+
+    def steps(out: Path) -> list[dict]:
+        return [{k: v for k, v in r.items() if k != "tokens_per_s"}
+                for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+
+    assert [r["step"] for r in steps(resumed)] == list(range(1, 7))
+    for again, uninterrupted in zip(steps(resumed), steps(whole)):
+        assert again == pytest.approx(uninterrupted, rel=1e-6)
+    saved = load_file(whole / "checkpoints" / "step-00000003" / "model.safetensors")
+    names = {"taid": ["t", "momentum", "previous", "steps"], "loss_balance": ["ema", "updates"]}
+    for name in names[adaptive]:
+        assert f"objective.strategy.{name}" in saved
+    rows = steps(whole)
+    if adaptive == "taid":  # t moved by the adaptive rule, above the floor of 0.4 + 0.6 n / 1000
+        assert saved["objective.strategy.steps"].item() == 3
+        assert rows[3]["taid_t"] == pytest.approx(saved["objective.strategy.t"].item())
+        assert rows[0]["taid_t"] == 0.4 and rows[3]["taid_t"] > 0.4 + 0.6 * 3 / 1000 + 0.1
+    else:  # the weights left the schedule's after the first update
+        assert rows[0]["soft_weight"] == pytest.approx(rows[0]["soft_weight_scheduled"])
+        assert rows[3]["soft_weight"] != pytest.approx(rows[3]["soft_weight_scheduled"])
+        assert rows[3]["soft_weight"] + rows[3]["hard_weight"] == pytest.approx(1.0)
