@@ -180,7 +180,8 @@ def validate(recipe: Recipe) -> None:
 
 def _check_divergence_and_taid(recipe: Recipe) -> None:
     """todi's sharpness and the taid section, checked whether or not they are used (a typo
-    never waits for the day it is used); taid's null total_steps follows train.max_steps."""
+    never waits for the day it is used); taid's null total_steps stays null and follows
+    train.max_steps of the run that reads the recipe, as the schedules' do."""
     loss = recipe.loss
     if not loss.todi_sharpness > 0:
         raise UserError(f"loss.todi_sharpness: got {loss.todi_sharpness}; must be > 0 (the "
@@ -198,8 +199,6 @@ def _check_divergence_and_taid(recipe: Recipe) -> None:
     if not taid.momentum < 1.0:
         raise UserError(f"loss.taid.momentum: got {taid.momentum}; must be in [0, 1) (at 1 "
                         "the running decrease never moves).")
-    if taid.total_steps is None:
-        taid.total_steps = recipe.train.max_steps
 
 
 def _check_on_policy(recipe: Recipe) -> None:

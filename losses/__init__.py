@@ -30,7 +30,8 @@ from losses.taid import TaidSettings
 
 __all__ = ["ADAPTIVE", "DIVERGENCES", "ON_POLICY_LOSSES", "SCHEDULES", "DivergenceParams",
            "HiddenStates", "Logits", "LossTerms", "ModelOutput", "Objective", "Schedule",
-           "TaidSettings", "TeacherOutput", "TopK", "build_objective", "divergence", "finish_step_terms",
+           "TaidSettings", "TeacherOutput", "TopK", "build_objective", "divergence",
+           "finish_step_terms",
            "fused_divergence", "hard_target_objective", "per_token_divergence",
            "schedule_from", "token_cross_entropy", "topk_from_logits"]
 
@@ -62,7 +63,8 @@ def build_objective(cfg, on_policy_loss: str = "full",
                      chunk_size=cfg.chunk_size, on_policy_loss=on_policy_loss,
                      taid=TaidSettings(t_start=cfg.taid.t_start, t_end=cfg.taid.t_end,
                                        rate=cfg.taid.rate, momentum=cfg.taid.momentum,
-                                       total_steps=cfg.taid.total_steps),
+                                       total_steps=cfg.taid.total_steps
+                                       if cfg.taid.total_steps is not None else max_steps),
                      todi_sharpness=cfg.todi_sharpness)
 
 
