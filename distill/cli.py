@@ -42,14 +42,21 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--chunk-size", type=int, default=256,
                          help="tokens per chunk of the fused loss (default 256)")
     compare = commands.add_parser(
-        "compare", help="run a recipe under several loss variants and compare them",
-        description="Run the recipe's compare.variants with the same seed, data order and "
-                    "step budget; key=value overrides apply to every variant. Run again "
-                    "after an interruption: finished variants are kept.")
+        "compare", help="run a recipe under several loss variants and seeds and compare them",
+        description="Run the recipe's compare.variants under each of compare.seeds with the "
+                    "same data order, step budget and validation positions; key=value "
+                    "overrides (before or after the flags) apply to every variant. Run again "
+                    "after an interruption: finished runs are kept while their recipe is "
+                    "unchanged. See docs/compare.md.")
     compare.add_argument("recipe")
     compare.add_argument("overrides", nargs="*", metavar="key=value")
     compare.add_argument("--jobs", type=int, default=1,
-                         help="variants run in parallel processes (default 1)")
+                         help="runs in parallel processes (default 1)")
+    compare.add_argument("--only", action="append", metavar="NAME[,NAME]",
+                         help="run (and report) only these variants; repeatable")
+    compare.add_argument("--rerun-changed", action="store_true",
+                         help="delete and rerun the runs (and the teacher) whose resolved "
+                              "recipe differs from the one asked for (refused by default)")
     evaluation = commands.add_parser(
         "eval", help="validation loss, perplexity, calibration and agreement with a teacher",
         description="Evaluate a run directory (its student on its own validation split, "
@@ -94,8 +101,11 @@ def _compare(args: argparse.Namespace) -> int:
 
     if args.jobs < 1:
         raise UserError(f"--jobs: got {args.jobs}; must be >= 1.")
-    out = run_comparison(args.recipe, args.overrides, args.jobs)
-    print(f"comparison written to {out}/ (report.md, comparison.md/.csv/.png)")
+    only = [name.strip() for value in args.only or [] for name in value.split(",")
+            if name.strip()] or None
+    out = run_comparison(args.recipe, args.overrides, args.jobs, only, args.rerun_changed)
+    print(f"comparison written to {out}/ (report.md, comparison.md/.csv/.png, "
+          "comparison_seeds.csv)")
     return 0
 
 
@@ -170,8 +180,23 @@ def _serve_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, with ``key=value`` overrides allowed after the flags as well as
+    before them (``distill compare R --jobs 2 train.max_steps=100``). argparse's
+    ``parse_intermixed_args`` does not support subcommands, and a plain parse fills the
+    overrides with the positionals before the first flag only, leaving the rest over: those
+    that are overrides are appended in order, anything else is still an error."""
+    parser = _parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras and hasattr(args, "overrides") and not any(e.startswith("-") for e in extras):
+        args.overrides = [*args.overrides, *extras]
+    elif extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         commands = {"inspect": _inspect, "eval": _eval, "compare": _compare, "run": _run,

@@ -1,122 +1,42 @@
-"""``distill compare``: one base recipe under several variants, same seed, data order and
-step budget; a frozen teacher's outputs computed once and shared.
+"""``distill compare``: one base recipe under several variants and seeds, the same data
+order, step budget and validation positions for every variant; a frozen teacher's outputs
+computed once and shared.
 
 Layout of ``output_dir``:
-    teacher/                 the teacher trained by ``compare.teacher_recipe`` (if any)
-    variants/<name>/         each variant's run (recipe.yaml, log.txt, the usual outputs)
-    variants/<name>/result.json   written once the variant finished: it is then kept
-    comparison.md, comparison.csv, comparison.png, report.md
+    teacher/                          the teacher ``compare.teacher_recipe`` trains (if any)
+    variants/<name>/seed-<s>/         one run: recipe.yaml, log.txt, the usual outputs
+    variants/<name>/seed-<s>/result.json   written once the run finished; records the
+                                      resolved recipe it ran (reused only while unchanged)
+    comparison.md, comparison.csv, comparison_seeds.csv, comparison.png, report.md
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from distill.checkpoint import complete_checkpoints
+from distill.compare_plan import Plan, Run, TeacherPlan, Variant, make_plan
+from distill.compare_progress import Job, run_all
+from distill.compare_state import (RESULT, TEACHER_RECORD, canonical, find_stale, refusal,
+                                   remove)
 from distill.config import Recipe
 from distill.errors import UserError
-from distill.recipe import dump_recipe, load_recipe_data, recipe_from_dict
-from distill.schema import apply_override, build
-
-# What every variant shares, so that their results differ by the loss alone.
-_SHARED = ("seed", "output_dir", "data", "compare", "train.max_steps",
-           "train.micro_batch_size", "train.grad_accum_steps")
-_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+from distill.files import write_atomic
+from distill.recipe import dump_recipe
 
 
-@dataclass
-class Variant:
-    name: str
-    description: str
-    overrides: dict[str, Any]
-    recipe: Recipe
-    directory: Path
 
-
-def _teacher_overrides(data: dict[str, Any], live: bool) -> dict[str, Any]:
-    """Every variant reads one frozen teacher: the one ``compare.teacher_recipe`` trains
-    into ``output_dir/teacher``, or the recipe's own hf teacher; cached once and shared,
-    unless ``live`` (a variant samples from its student, and a cache cannot score text
-    written after it was filled): then every variant runs that teacher live (`hf`), so that
-    all of them learn from the same teacher outputs."""
-    compare = data.get("compare") or {}
-    kind = "hf" if live else "cached"
-    if isinstance(compare, dict) and compare.get("teacher_recipe"):
-        student = str(Path(str(data.get("output_dir", "runs/quickstart"))) / "teacher" / "student")
-        return {"teacher.kind": kind, "teacher.hf.name_or_path": student,
-                "data.tokenizer": student}
-    if isinstance(data.get("teacher"), dict) and data["teacher"].get("kind") == "hf":
-        return {"teacher.kind": kind}
-    return {}
-
-
-def _on_policy_anywhere(data: dict[str, Any]) -> bool:
-    """Whether the base recipe or any variant has a nonzero ``on_policy.fraction``, read
-    from the plain mapping before any recipe is built (malformed parts are left to the
-    checks that follow, which name them)."""
-    from distill.config import OnPolicyConfig
-
-    def active(section: Any) -> bool:
-        return isinstance(section, dict) and build(OnPolicyConfig, section, "on_policy").active()
-
-    compare = data.get("compare") if isinstance(data.get("compare"), dict) else {}
-    specs = compare.get("variants") if isinstance(compare.get("variants"), list) else []
-    sections = [data.get("on_policy", {})]
-    for spec in specs:
-        overrides = spec.get("overrides") if isinstance(spec, dict) else None
-        if not isinstance(overrides, dict):
-            continue
-        variant = {"on_policy": json.loads(json.dumps(data.get("on_policy") or {}))}
-        for key, value in overrides.items():
-            if str(key) == "on_policy" or str(key).startswith("on_policy."):
-                apply_override(variant, str(key).split("."), value)
-        sections.append(variant["on_policy"])
-    return any(active(section) for section in sections)
-
-
-def plan(recipe_path: str, overrides: Sequence[str]) -> tuple[Recipe, list[Variant]]:
-    """Validate the base recipe and every variant before any work starts."""
-    data = load_recipe_data(recipe_path, overrides)
-    shared = _teacher_overrides(data, live=_on_policy_anywhere(data))
-    for key, value in shared.items():
-        apply_override(data, key.split("."), value)
-    base = recipe_from_dict(data)
-    if not base.compare.variants:
-        raise UserError(f"compare.variants: {recipe_path} lists no variants to compare.")
-    out = Path(base.output_dir)
-    variants, seen = [], set()
-    for index, spec in enumerate(base.compare.variants):
-        where = f"compare.variants[{index}]"
-        if not _NAME.match(spec.name or ""):
-            raise UserError(f"{where}.name: got {spec.name!r}; use letters, digits, '-', '_', '.'.")
-        if spec.name in seen:
-            raise UserError(f"{where}.name: {spec.name!r} is used twice.")
-        seen.add(spec.name)
-        for key in spec.overrides:
-            if any(key == s or key.startswith(s + ".") for s in _SHARED):
-                raise UserError(f"{where}.overrides: {key!r} must be the same for every "
-                                f"variant (shared: {', '.join(_SHARED)}).")
-        variant_data = json.loads(json.dumps(data))  # a deep copy of plain data
-        variant_data.pop("compare", None)
-        directory = out / "variants" / spec.name
-        for key, value in {**spec.overrides, "output_dir": str(directory)}.items():
-            apply_override(variant_data, key.split("."), value)
-        try:
-            recipe = recipe_from_dict(variant_data)
-        except UserError as exc:
-            raise UserError(f"{where} ({spec.name}): {exc}") from None
-        variants.append(Variant(spec.name, spec.description, dict(spec.overrides), recipe,
-                                directory))
-    return base, variants
+def plan(recipe_path: str, overrides: Sequence[str] = ()) -> tuple[Recipe, list[Variant]]:
+    """The base recipe and every variant, validated (for tools and tests that check a
+    comparison recipe without running it; ``make_plan`` has the runs and the teacher)."""
+    comparison = make_plan(recipe_path, overrides)
+    return comparison.base, comparison.variants
 
 
 def _distill(args: list[str], log: Path, threads: int | None = None) -> int:
@@ -137,21 +57,29 @@ def _resume_args(directory: Path) -> list[str]:
     return []
 
 
-def _train_teacher(base: Recipe, out: Path) -> None:
-    teacher_dir = out / "teacher"
-    if (teacher_dir / "student" / "config.json").is_file():
-        print(f"teacher: reusing {teacher_dir / 'student'}")
+def _train_teacher(teacher: TeacherPlan) -> None:
+    """Train the teacher once; a finished one (whose config.yaml find_stale found equal to
+    the recipe asked for) is reused, an interrupted one resumed."""
+    directory = teacher.directory
+    if (directory / "student" / "config.json").is_file():
+        print(f"teacher: reusing {directory / 'student'} (trained by {teacher.recipe_path})")
         return
-    teacher_dir.mkdir(parents=True, exist_ok=True)
-    args = ["run", base.compare.teacher_recipe, f"output_dir={teacher_dir}",
-            *_resume_args(teacher_dir)]
-    print(f"teacher: training with {base.compare.teacher_recipe} (log: {teacher_dir}/log.txt)")
-    if _distill(args, teacher_dir / "log.txt") != 0:
-        raise UserError(f"the teacher recipe failed; see {teacher_dir / 'log.txt'}")
+    directory.mkdir(parents=True, exist_ok=True)
+    recipe_file = directory / "recipe.yaml"
+    write_atomic(recipe_file, dump_recipe(teacher.recipe))
+    print(f"teacher: training with {teacher.recipe_path} (log: {directory / 'log.txt'})")
+    job = Job("", "teacher",
+              directory / "metrics.jsonl", teacher.recipe.train.max_steps)
+    codes, failures = run_all([job], lambda _: _distill(
+        ["run", str(recipe_file), *_resume_args(directory)], directory / "log.txt"), 1,
+        desc="teacher")
+    if failures or codes.get(0) != 0:
+        raise UserError(f"the teacher recipe failed; see {directory / 'log.txt'}")
 
 
 def _fill_cache(recipe: Recipe) -> None:
-    """Compute the frozen teacher's outputs once, before the variants read them."""
+    """Compute the frozen teacher's outputs once, before the runs read them (the cache's
+    key holds the teacher and the training data, not the seed: every seed shares it)."""
     from accelerate import Accelerator
 
     import teachers
@@ -166,41 +94,67 @@ def _fill_cache(recipe: Recipe) -> None:
     print(f"teacher outputs: {'computed into' if teacher.rebuilt else 'reusing'} {teacher.path}")
 
 
-def _run_variant(variant: Variant, threads: int | None) -> dict[str, Any]:
-    result_file = variant.directory / "result.json"
+def _run_one(run: Run, teacher: Recipe | None, threads: int | None) -> dict[str, Any]:
+    """Train one run (or continue it) and record what it ran in its result.json."""
+    result_file = run.directory / RESULT
     if result_file.is_file():
         return json.loads(result_file.read_text())
-    variant.directory.mkdir(parents=True, exist_ok=True)
-    recipe_file = variant.directory / "recipe.yaml"
-    recipe_file.write_text(dump_recipe(variant.recipe))
-    args = ["run", str(recipe_file), *_resume_args(variant.directory)]  # interrupted: continue
+    run.directory.mkdir(parents=True, exist_ok=True)
+    recipe_file = run.directory / "recipe.yaml"
+    write_atomic(recipe_file, dump_recipe(run.recipe))
+    if teacher is not None:  # which teacher it learns from, for the next staleness check
+        write_atomic(run.directory / TEACHER_RECORD, dump_recipe(teacher))
+    args = ["run", str(recipe_file), *_resume_args(run.directory)]  # interrupted: continue
     start = time.perf_counter()
-    code = _distill(args, variant.directory / "log.txt", threads)
+    code = _distill(args, run.directory / "log.txt", threads)
     if code != 0:
-        raise UserError(f"variant {variant.name} failed (exit {code}); see "
-                        f"{variant.directory / 'log.txt'}; run the comparison again to "
-                        "resume it")
-    result = {"variant": variant.name, "wall_time_s": time.perf_counter() - start}
-    result_file.write_text(json.dumps(result))
+        raise UserError(f"{run.label} failed (exit {code}); see {run.directory / 'log.txt'}")
+    result = {"variant": run.variant.name, "seed": run.seed,
+              "wall_time_s": time.perf_counter() - start, "recipe": canonical(run.recipe),
+              "teacher_recipe": canonical(teacher)}
+    write_atomic(result_file, json.dumps(result, indent=1))
     return result
 
 
-def run_comparison(recipe_path: str, overrides: Sequence[str], jobs: int = 1) -> Path:
-    base, variants = plan(recipe_path, overrides)
-    out = Path(base.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if base.compare.teacher_recipe:
-        _train_teacher(base, out)
-    if variants[0].recipe.teacher.kind == "cached":
-        _fill_cache(variants[0].recipe)
+def _run_all(comparison: Plan, jobs: int) -> dict[str, dict[str, Any]]:
+    """Every run, ``jobs`` at a time, under one progress bar; results by run directory."""
+    runs = comparison.runs
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
-    pending = [v for v in variants if not (v.directory / "result.json").is_file()]
-    print(f"variants: {len(variants)} ({len(variants) - len(pending)} already finished), "
-          f"{jobs} at a time")
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        results = dict(zip([v.name for v in variants],
-                           pool.map(lambda v: _run_variant(v, threads), variants)))
+    teacher = comparison.teacher.recipe if comparison.teacher else None
+    done = [(run.directory / RESULT).is_file() for run in runs]
+    print(f"runs: {len(runs)} ({len(comparison.variants)} variants x "
+          f"{len(comparison.seeds)} seeds; {sum(done)} already finished), {jobs} at a time; "
+          "logs in variants/<name>/seed-<s>/log.txt")
+    if not all(done) and runs[0].recipe.teacher.kind == "cached":
+        _fill_cache(runs[0].recipe)
+    queue = [Job(f"run {i + 1} of {len(runs)}: {run.label}", run.label,
+                 run.directory / "metrics.jsonl", run.recipe.train.max_steps, done[i])
+             for i, run in enumerate(runs)]
+    results, failures = run_all(queue, lambda i: _run_one(runs[i], teacher, threads), jobs,
+                                desc="compare")
+    if failures:
+        raise UserError("; ".join(str(failures[i]) for i in sorted(failures)) +
+                        "; run the comparison again to resume the failed runs (finished "
+                        "runs are kept).")
+    for i, run in enumerate(runs):
+        if done[i]:
+            results[i] = json.loads((run.directory / RESULT).read_text())
+    return {str(runs[i].directory): results[i] for i in range(len(runs))}
+
+
+def run_comparison(recipe_path: str, overrides: Sequence[str], jobs: int = 1,
+                   only: Sequence[str] | None = None, rerun_changed: bool = False) -> Path:
+    comparison = make_plan(recipe_path, overrides, only)
+    out = Path(comparison.base.output_dir)
+    stale = find_stale(comparison)  # before any work: refused, or removed when asked
+    if stale and not rerun_changed:
+        raise refusal(stale, out)
+    remove(stale, out)
+    out.mkdir(parents=True, exist_ok=True)
+    if comparison.teacher is not None:
+        _train_teacher(comparison.teacher)
+    results = _run_all(comparison, jobs)
     from distill.report import write_reports
 
-    write_reports(base, variants, results, out, recipe_path)
+    write_reports(comparison, results, out)
     return out

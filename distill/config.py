@@ -396,8 +396,8 @@ class VariantConfig:
         "the table and plot (letters, digits, `-`, `_`, `.`)."))
     overrides: dict[str, Any] = field(default_factory=dict, metadata=meta(
         "Dotted recipe keys and their values for this variant, e.g. "
-        "`{loss.soft_weight: 0.0}`. Seed, data and step budget are shared: they cannot be "
-        "overridden here."))
+        "`{loss.soft_weight: 0.0}`. Seed, data, step budget and validation batches are "
+        "shared: they cannot be overridden here."))
     description: str = field(default="", metadata=meta("One line for the report."))
 
 
@@ -405,13 +405,26 @@ class VariantConfig:
 class CompareConfig:
     variants: list[VariantConfig] = field(default_factory=list, metadata=meta(
         "What `distill compare` runs: the base recipe under each variant's overrides."))
+    seeds: list[int] | None = field(default=None, metadata=meta(
+        "Run every variant under each of these seeds (a seed sets the student's "
+        "initialisation and the data order), into `variants/<name>/seed-<s>/`; the table "
+        "then shows mean ± standard deviation and the verdict tells a winner from noise. "
+        "The teacher is still trained and cached once. Null runs the recipe's own `seed` "
+        "alone. E.g. `[0, 1, 2]`."))
     teacher_recipe: str | None = field(default=None, metadata=meta(
         "A recipe that trains the teacher first (into `output_dir/teacher`); its student "
         "then teaches every variant as a cached teacher. Null uses the recipe's own teacher "
         "(an `hf` teacher is cached once and shared)."))
-    eval_batches: int = field(default=16, metadata=meta(
-        "Validation batches for the final comparison metrics (KL to the teacher, top-1 "
-        "agreement, calibration).", min=1))
+    teacher_overrides: dict[str, Any] = field(default_factory=dict, metadata=meta(
+        "Dotted keys and values applied to `teacher_recipe`, e.g. `{data.hub_name: "
+        "wikitext, train.max_steps: 2000}` (its `output_dir` is always "
+        "`output_dir/teacher`). A finished teacher is reused only while its resolved "
+        "recipe stays the same."))
+    eval_batches: int | None = field(default=None, metadata=meta(
+        "Validation batches (of `train.eval_batch_size` sequences) for the final "
+        "`kl_to_teacher`, `top1_agreement` and `ece`; null uses `train.eval_batches`: the "
+        "positions of every variant's `val_loss` and of the teacher's loss, so that all "
+        "columns are measured on the same tokens.", min=1))
 
 
 @dataclass

@@ -1,171 +1,141 @@
-"""The comparison's outputs: table (terminal, comparison.md, comparison.csv), plot
-(comparison.png) and report.md, from each variant's metrics.jsonl and a final evaluation
-against the shared teacher."""
+"""The comparison's outputs: the table (terminal, comparison.md, comparison.csv,
+comparison_seeds.csv), the plot (comparison.png) and report.md, from each run's
+metrics.jsonl and a final evaluation against the shared teacher. The numbers come from
+distill.compare_stats; the pieces from report_table, report_verdict and report_plot."""
 
 from __future__ import annotations
 
-import csv
-import io
+import shlex
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
+from distill.compare_eval import FinalEval, evaluate_runs
+from distill.compare_plan import Plan
+from distill.compare_stats import summarise
 from distill.metrics import read_metrics
-
-COLUMNS = ("variant", "val_loss", "best_val_loss", "val_ppl", "kl_to_teacher",
-           "top1_agreement", "ece", "tokens_per_s", "wall_time_s")
-
-
-def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Figures of one run from its metrics.jsonl rows."""
-    evals = [r for r in rows if "val_loss" in r]
-    train = [r for r in rows if "loss" in r]
-    speeds = [r["tokens_per_s"] for r in train if r.get("tokens_per_s")]
-    return {"val_loss": evals[-1]["val_loss"], "best_val_loss": min(r["val_loss"] for r in evals),
-            "val_ppl": evals[-1]["val_ppl"],
-            "tokens_per_s": sum(speeds) / len(speeds) if speeds else None,
-            "curve": [(r["step"], r["val_loss"]) for r in evals],
-            "soft_weight": [(r["step"], r["soft_weight"]) for r in train],
-            "temperature": [(r["step"], r.get("temperature")) for r in train]}
+from distill.report_plot import plot
+from distill.report_table import aggregate, seed_rows, seeds_csv, table_csv, table_markdown
+from distill.report_verdict import RULE, verdict
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
-def table_markdown(table: list[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_fmt(row.get(c)) for c in COLUMNS) + " |" for row in table]
-    return "\n".join(lines) + "\n"
-
-
-def table_csv(table: list[dict[str, Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(table)
-    return buffer.getvalue()
-
-
-def plot(summaries: dict[str, dict[str, Any]], path: Path) -> None:
-    """Validation loss against steps for every variant, with each variant's soft-weight
-    and temperature schedules beneath, on a shared step axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(3, 1, figsize=(9, 9), sharex=True,
-                             gridspec_kw={"height_ratios": [3, 1, 1]})
-    for name, summary in summaries.items():
-        line, = axes[0].plot(*zip(*summary["curve"]), marker="o", markersize=3, label=name)
-        for axis, key in ((axes[1], "soft_weight"), (axes[2], "temperature")):
-            points = [(s, v) for s, v in summary[key] if v is not None]
-            if points:
-                axis.plot(*zip(*points), color=line.get_color())
-    axes[0].set_ylabel("validation loss")
-    axes[0].legend(fontsize="small")
-    axes[0].grid(alpha=0.3)
-    axes[1].set_ylabel("soft weight")
-    axes[2].set_ylabel("temperature")
-    axes[2].set_xlabel("optimizer step")
-    for axis in axes[1:]:
-        axis.grid(alpha=0.3)
-    fig.suptitle("distill compare: validation loss and loss schedules")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def verdict(table: list[dict[str, Any]]) -> str:
-    """Which variant won and by how much, and whether distillation beat hard labels."""
-    ranked = sorted(table, key=lambda row: row["val_loss"])
-    best = ranked[0]
-    text = f"**{best['variant']}** won with a final validation loss of {best['val_loss']:.4f}"
-    if len(ranked) > 1:
-        gap = ranked[1]["val_loss"] - best["val_loss"]
-        text += f", {gap:.4f} below the runner-up {ranked[1]['variant']}"
-    text += "."
-    baseline = next((row for row in table if row["variant"] == "hard_only"), None)
-    distilled = [row for row in ranked if row["variant"] != "hard_only"]
-    if baseline is not None and distilled:
-        top = distilled[0]
-        gain = baseline["val_loss"] - top["val_loss"]
-        percent = 100 * gain / baseline["val_loss"]
-        text += (f" Distillation {'helped' if gain > 0 else 'did not help'}: the best distilled "
-                 f"variant ({top['variant']}) ends {abs(gain):.4f} ({abs(percent):.1f}%) "
-                 f"{'below' if gain > 0 else 'above'} hard labels alone ({baseline['val_loss']:.4f}).")
-    return text
-
-
-def _final_metrics(variants, base) -> dict[str, dict[str, Any]]:
-    """KL to the shared frozen teacher, top-1 agreement and calibration per variant."""
-    import students
-    from distill.corpus import load_corpus
-    from distill.data import load_tokenizer, pack
-    from distill.evaluation import evaluate_lm
-
-    recipe = variants[0].recipe
-    corpus = load_corpus(recipe.data)
-    tokenizer = load_tokenizer(recipe.data, corpus, recipe.trust_remote_code)
-    blocks = pack(corpus.validation, tokenizer, recipe.data.block_size, "validation")
-    pretrained = recipe.teacher.pretrained()
-    trusted = students.sources.is_trusted(pretrained, recipe.trust_remote_code)
-    teacher = students.load_pretrained(pretrained, trust_remote_code=trusted).eval() \
-        if pretrained else None
-    results = {}
-    for variant in variants:
-        student = students.load_pretrained(str(variant.directory / "student")).eval()
-        results[variant.name] = evaluate_lm(student, blocks, None, recipe.train.eval_batch_size,
-                                            base.compare.eval_batches, reference=teacher)
-    return results
-
-
-def write_reports(base, variants, results: dict[str, dict[str, Any]], out: Path,
-                  recipe_path: str) -> list[dict[str, Any]]:
-    summaries = {v.name: summarise(read_metrics(v.directory / "metrics.jsonl")) for v in variants}
-    final = _final_metrics(variants, base)
-    table = []
-    for variant in variants:
-        s, f = summaries[variant.name], final[variant.name]
-        table.append({"variant": variant.name, "val_loss": s["val_loss"],
-                      "best_val_loss": s["best_val_loss"], "val_ppl": s["val_ppl"],
-                      "kl_to_teacher": f.get("kl_to_teacher"),
-                      "top1_agreement": f.get("top1_agreement"), "ece": f["ece"],
-                      "tokens_per_s": s["tokens_per_s"],
-                      "wall_time_s": results[variant.name]["wall_time_s"]})
-    markdown = table_markdown(table)
+def write_reports(plan: Plan, results: dict[str, dict[str, Any]], out: Path) -> list[dict]:
+    summaries = {str(run.directory): summarise(read_metrics(run.directory / "metrics.jsonl"))
+                 for run in plan.runs}
+    final = evaluate_runs(plan)
+    rows = seed_rows(plan, summaries, final, results)
+    table = aggregate(plan, rows)
+    markdown = table_markdown(table, final.teacher_loss)
     (out / "comparison.md").write_text(markdown)
-    (out / "comparison.csv").write_text(table_csv(table))
-    plot(summaries, out / "comparison.png")
+    (out / "comparison.csv").write_text(table_csv(table, final.teacher_loss))
+    (out / "comparison_seeds.csv").write_text(seeds_csv(rows))
+    per_variant = {v.name: [summaries[str(r.directory)] for r in plan.runs if r.variant is v]
+                   for v in plan.variants}
+    plot(per_variant, out / "comparison.png", final.teacher_loss)
+    text = verdict(table, plan.seeds)
     print(markdown)
-    print(verdict(table))
-    write_report(base, variants, table, out, recipe_path)
+    print(text)
+    (out / "report.md").write_text(report_markdown(plan, table, rows, final, text))
     return table
 
 
-def write_report(base, variants: Sequence, table: list[dict[str, Any]], out: Path,
-                 recipe_path: str) -> None:
+def reproduce_command(plan: Plan) -> str:
+    """The command that asks for these results again: the recipe, the command line's
+    overrides and --only (not --jobs, which changes no result)."""
+    words = ["distill", "compare", plan.recipe_path, *plan.overrides]
+    if plan.only:
+        words += ["--only", ",".join(plan.only)]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def _positions(final: FinalEval, rows: list[dict[str, Any]]) -> str:
+    """Which validation positions each column measures."""
+    tokens = {r["val_tokens"] for r in rows if r.get("val_tokens") is not None}
+    batches = "all" if final.val_batches is None else f"the first {final.val_batches}"
+    text = (f"`val_loss`, `best_val_loss`, `val_ppl`, the teacher's loss, `gap_closed` and "
+            f"`tokens_to_match` are measured on {batches} validation batches of "
+            f"{final.batch_size} sequences")
+    if tokens:
+        text += f" ({', '.join(str(t) for t in sorted(tokens))} target tokens)"
+    if final.final_batches == final.val_batches:
+        return text + "; `kl_to_teacher`, `top1_agreement` and `ece` on the same positions."
+    other = "all" if final.final_batches is None else f"the first {final.final_batches}"
+    return (text + f"; `kl_to_teacher`, `top1_agreement` and `ece` on {other} batches "
+            "(`compare.eval_batches`), another subset.")
+
+
+def _experts(rows: list[dict[str, Any]]) -> str:
+    """The balanced value of expert_max_share for the MoE students."""
+    shapes = sorted({(r["experts"], r["experts_per_token"]) for r in rows
+                     if r["expert_max_share"] is not None and r["experts"]})
+    if not shapes:
+        return "`expert_max_share` is n/a: the students are dense."
+    parts = [f"{e} experts, top-{k}: balanced {1 / e:.3f} of the routed slots (each expert "
+             f"then receives {k}/{e} = {k / e:.3f} of the tokens)" for e, k in shapes]
+    return ("`expert_max_share` is the largest share of routed slots any one expert got in "
+            "any MoE layer at the final evaluation; " + "; ".join(parts) + ".")
+
+
+def _teacher_section(plan: Plan, final: FinalEval) -> str:
     import yaml
 
-    parts = [f"# Comparison of loss schedules: `{recipe_path}`\n",
-             verdict(table) + "\n",
-             f"Every variant ran {base.train.max_steps} optimizer steps of "
-             f"{base.train.micro_batch_size} x {base.train.grad_accum_steps} sequences of "
-             f"{base.data.block_size} tokens with seed {base.seed} and the same data order; "
-             "`val_loss` is the final validation loss, `kl_to_teacher` and `top1_agreement` "
-             "compare each student with the shared frozen teacher on the validation split, "
-             "`ece` is the student's expected calibration error.\n",
-             table_markdown(table), "![validation loss and schedules](comparison.png)\n",
-             "## Variants\n"]
-    for variant in variants:
-        overrides = yaml.safe_dump(variant.overrides, sort_keys=False).strip() or "{}"
-        parts.append(f"### {variant.name}\n\n{variant.description}\n\n"
-                     f"Overrides of the base recipe:\n\n```yaml\n{overrides}\n```\n\n"
-                     f"Resolved recipe: `variants/{variant.name}/recipe.yaml`; metrics: "
-                     f"`variants/{variant.name}/metrics.jsonl`; model: "
-                     f"`variants/{variant.name}/student/`.\n")
-    parts.append(f"## Reproduce\n\n```bash\ndistill compare {recipe_path}\n```\n")
-    (out / "report.md").write_text("\n".join(parts))
+    loss = "" if final.teacher_loss is None else \
+        f" Its validation loss: {final.teacher_loss:.4f} ({final.teacher_tokens} target tokens)."
+    if plan.teacher is None:
+        return f"## Teacher\n\n{final.teacher}.{loss}\n"
+    overrides = yaml.safe_dump(plan.teacher.overrides, sort_keys=False).strip() \
+        if plan.teacher.overrides else "{}"
+    return (f"## Teacher\n\nTrained once by `{plan.teacher.recipe_path}` into `teacher/` "
+            f"(resolved recipe: `teacher/config.yaml`), with `compare.teacher_overrides`:\n\n"
+            f"```yaml\n{overrides}\n```\n\nEvery run learns from it: "
+            f"{final.teacher}.{loss}\n")
 
+
+def report_markdown(plan: Plan, table: list[dict], rows: list[dict], final: FinalEval,
+                    text: str) -> str:
+    import yaml
+
+    base = plan.base
+    seeds = ", ".join(str(s) for s in plan.seeds)
+    parts = [f"# Comparison of loss schedules: `{plan.recipe_path}`\n",
+             "## Verdict\n", text + "\n", f"{RULE}\n",
+             f"Every run trained {base.train.max_steps} optimizer steps of "
+             f"{base.train.micro_batch_size} x {base.train.grad_accum_steps} sequences of "
+             f"{base.data.block_size} tokens; seeds: {seeds} (a seed sets the initialisation "
+             "and the data order; a variant's figures are the mean ± standard deviation over "
+             "its seeds). " + _positions(final, rows) + "\n",
+             table_markdown(table, final.teacher_loss),
+             "- `class`: `baseline` (soft weight 0 throughout), `constant` (one soft weight for "
+             "every step and token), `dynamic` (any other distilled variant); from the resolved "
+             "recipe.\n"
+             "- `gap_closed` = (hard_only − variant) / (hard_only − teacher), per seed against "
+             "the hard-only run of the same seed: 0 is no better than hard labels, 1 as good as "
+             "the teacher.\n"
+             "- `tokens_to_match`: the training tokens at which the variant's validation curve "
+             "first reaches the same seed's hard-only final loss (linear between evaluations), "
+             "as a share of hard-only's training tokens.\n"
+             f"- {_experts(rows)}\n",
+             "![validation loss and schedules](comparison.png)\n",
+             _teacher_section(plan, final), "## Per seed\n",
+             _per_seed_table(plan, rows), "All metrics per run: `comparison_seeds.csv`.\n",
+             "## Variants\n"]
+    for variant in plan.variants:
+        overrides = yaml.safe_dump(variant.overrides, sort_keys=False).strip() or "{}"
+        description = f"{variant.description}\n\n" if variant.description else ""
+        parts.append(f"### {variant.name}\n\n{description}"
+                     f"Class: {variant.kind} ({variant.why}).\n\n"
+                     f"Overrides of the base recipe:\n\n```yaml\n{overrides}\n```\n\n"
+                     f"Runs: `variants/{variant.name}/seed-<s>/` (resolved recipe "
+                     "`recipe.yaml`, metrics `metrics.jsonl`, model `student/`).\n")
+    parts.append(f"## Reproduce\n\n```bash\n{reproduce_command(plan)}\n```\n")
+    return "\n".join(parts)
+
+
+def _per_seed_table(plan: Plan, rows: list[dict[str, Any]]) -> str:
+    """Final validation loss per variant and seed: the pairs the verdict's test uses."""
+    head = "| variant | " + " | ".join(f"seed {s}" for s in plan.seeds) + " |"
+    lines = [head, "|" + " --- |" * (len(plan.seeds) + 1)]
+    for variant in plan.variants:
+        losses = {r["seed"]: r["val_loss"] for r in rows if r["variant"] == variant.name}
+        lines.append(f"| {variant.name} | " +
+                     " | ".join(f"{losses[s]:.4f}" for s in plan.seeds) + " |")
+    return "\n".join(lines) + "\n"
