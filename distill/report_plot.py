@@ -48,10 +48,14 @@ def plot(summaries: dict[str, list[dict[str, Any]]], path: Path,
                              gridspec_kw={"height_ratios": [3, 1, 1]})
     curves = {name: mean_curve([[(s, loss) for s, _, loss in run["curve"]] for run in runs])
               for name, runs in summaries.items()}
-    for name, runs in summaries.items():
+    # The default cycle has 10 colours: an 11th variant would repeat the first one's.
+    palette = plt.get_cmap("tab10" if len(summaries) <= 10 else "tab20").colors
+    markers = "os^Dv"
+    for index, (name, runs) in enumerate(summaries.items()):
         steps, means, stds = zip(*curves[name])
         seeds = f" ({len(runs)} seeds)" if len(runs) > 1 else ""
-        line, = axes[0].plot(steps, means, marker="o", markersize=3, label=name + seeds)
+        line, = axes[0].plot(steps, means, marker=markers[index % len(markers)], markersize=3,
+                             color=palette[index % len(palette)], label=name + seeds)
         if len(runs) > 1:
             axes[0].fill_between(steps, [m - s for m, s in zip(means, stds)],
                                  [m + s for m, s in zip(means, stds)],
