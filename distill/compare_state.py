@@ -20,7 +20,7 @@ from distill.compare_plan import Plan
 from distill.config import Recipe
 from distill.errors import UserError, quote
 from distill.recipe_yaml import load_yaml
-from distill.schema import to_dict
+from distill.schema import flatten, to_dict
 
 RESULT = "result.json"
 TEACHER_RECORD = "teacher.yaml"  # in a run's directory: the resolved teacher recipe
@@ -39,25 +39,6 @@ def _read_yaml(path: Path) -> Any:
     return json.loads(json.dumps(load_yaml(path.read_text(encoding="utf-8"))))
 
 
-def _flatten(value: Any, prefix: str) -> dict[str, Any]:
-    """Nested mappings -> dotted keys (``loss.soft_weight.start``)."""
-    if not isinstance(value, dict) or not value:
-        return {prefix: value}
-    flat: dict[str, Any] = {}
-    for key, item in value.items():
-        flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
-
-
-def _follows_max_steps(key: str, old: dict[str, Any], new: dict[str, Any]) -> bool:
-    """Whether ``key`` is a schedule's ``total_steps`` that only changed because
-    ``train.max_steps`` did (a null total_steps resolves to it): named once, not per
-    schedule."""
-    steps = "train.max_steps"
-    return (key.endswith(".total_steps") and old.get(steps) != new.get(steps)
-            and old.get(key) == old.get(steps) and new.get(key) == new.get(steps))
-
-
 def changes(recorded: Any, asked: Any, state: str, prefix: str = "") -> list[str]:
     """One line per dotted key whose value differs: ``train.max_steps: 60 in the finished
     run, 100 asked for``."""
@@ -66,7 +47,7 @@ def changes(recorded: Any, asked: Any, state: str, prefix: str = "") -> list[str
         return [] if recorded is asked else [
             f"{label}: {'none' if recorded is None else 'one'} in the {state} run, "
             f"{'none' if asked is None else 'one'} asked for"]
-    old, new = _flatten(recorded, ""), _flatten(asked, "")
+    old, new = flatten(recorded, keep_empty=True), flatten(asked, keep_empty=True)
 
     def show(values: dict[str, Any], key: str) -> str:
         value = values.get(key, _ABSENT)
@@ -78,8 +59,7 @@ def changes(recorded: Any, asked: Any, state: str, prefix: str = "") -> list[str
 
     return [f"{prefix}{key}: {show(old, key)} in the {state} run, {show(new, key)} asked for"
             for key in sorted(old.keys() | new.keys())
-            if old.get(key, _ABSENT) != new.get(key, _ABSENT)
-            and not _follows_max_steps(key, old, new)]
+            if old.get(key, _ABSENT) != new.get(key, _ABSENT)]
 
 
 @dataclass

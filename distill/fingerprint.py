@@ -28,7 +28,7 @@ import torch
 from distill.config import Recipe, ScheduleConfig
 from distill.errors import UserError
 from distill.files import write_atomic
-from distill.schema import to_dict
+from distill.schema import flatten, to_dict
 
 FINGERPRINT_FILE = "run_fingerprint.json"
 # Keys a resumed run may change: where files go, when to log, evaluate and checkpoint, how
@@ -47,16 +47,6 @@ _CONFIG_METADATA = ("transformers_version", "architectures", "torch_dtype", "dty
 _ABSENT = object()
 
 
-def _flatten(value: Any, prefix: str) -> dict[str, Any]:
-    """Nested mappings -> dotted keys (``student.overrides.hidden_size``)."""
-    if not isinstance(value, dict):
-        return {prefix: value}
-    flat: dict[str, Any] = {}
-    for key, item in value.items():
-        flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
-
-
 def _plain(values: dict[str, Any]) -> dict[str, Any]:
     """The values as they read back from JSON (tuples become lists), so that a fingerprint
     just computed compares equal to the same one written and read again."""
@@ -71,7 +61,7 @@ def _follows_max_steps(schedule: ScheduleConfig) -> bool:
 def recipe_fingerprint(recipe: Recipe) -> dict[str, Any]:
     """The resolved recipe's keys that a resumed run must keep (schedules' null
     ``total_steps`` replaced by ``train.max_steps``, which they follow)."""
-    keys = _without_safe(_flatten(to_dict(recipe), ""))
+    keys = _without_safe(flatten(to_dict(recipe), ""))
     for key, value in keys.items():  # a null total_steps ends at train.max_steps
         if key.endswith(".total_steps") and value is None:
             keys[key] = recipe.train.max_steps
@@ -116,7 +106,7 @@ def _blocks(blocks: torch.Tensor) -> str:
 
 def _identity(values: dict[str, Any], role: str) -> dict[str, Any]:
     """A model's identity flattened under ``role``, without what describes the file."""
-    return {key: value for key, value in _flatten(values, role).items()
+    return {key: value for key, value in flatten(values, role).items()
             if not key.rsplit(".", 1)[-1].startswith("_")
             and key.rsplit(".", 1)[-1] not in _CONFIG_METADATA}
 

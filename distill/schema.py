@@ -162,6 +162,18 @@ def to_dict(obj: Any) -> Any:
     return dataclasses.asdict(obj)
 
 
+def flatten(value: Any, prefix: str = "", keep_empty: bool = False) -> dict[str, Any]:
+    """Nested mappings -> dotted keys (``loss.soft_weight.start``). An empty mapping
+    vanishes, or with ``keep_empty`` stays one key holding ``{}`` (so that a diff sees
+    ``student.overrides`` go from empty to set)."""
+    if not isinstance(value, dict) or (keep_empty and not value):
+        return {prefix: value}
+    flat: dict[str, Any] = {}
+    for key, item in value.items():
+        flat.update(flatten(item, f"{prefix}.{key}" if prefix else str(key), keep_empty))
+    return flat
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``train.max_steps=50`` -> (['train', 'max_steps'], 50); the value is parsed as YAML,
     by the recipe's own rules (no aliases, no duplicate keys)."""
