@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from distill.errors import UserError
@@ -63,6 +64,15 @@ class Model:
 
 # ---------------------------------------------------------------- loading a config
 
+def run_student(name_or_path: str) -> Path | None:
+    """A run directory's saved student (``student/`` beside ``config.yaml``), which is what
+    ``distill inspect RUN_DIR`` reads, as ``distill eval RUN_DIR`` does; else None."""
+    path = Path(name_or_path).expanduser()
+    if (path / "config.yaml").is_file() and (path / "student").is_dir():
+        return path / "student"
+    return None
+
+
 def load_config(name_or_path: str) -> tuple[Any, str]:
     """(transformers config, source) for a preset name, a config file or a checkpoint dir,
     read by the loader ``distill run`` uses (``students.load_config``)."""
@@ -71,7 +81,21 @@ def load_config(name_or_path: str) -> tuple[Any, str]:
     try:
         return students.load_config(name_or_path)
     except ValueError as exc:
+        adapter = Path(name_or_path).expanduser() / "adapter_config.json"
+        if adapter.is_file():  # a PEFT student: adapters only, the model is its base's
+            raise UserError(f"{name_or_path} holds PEFT adapters (adapter_config.json), not a "
+                            f"model config; inspect its base model, "
+                            f"{_adapter_base(adapter)!r}.") from None
         raise UserError(str(exc)) from None
+
+
+def _adapter_base(adapter_config: Path) -> str:
+    import json
+
+    try:
+        return str(json.loads(adapter_config.read_text())["base_model_name_or_path"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "named by base_model_name_or_path in adapter_config.json"
 
 
 # ---------------------------------------------------------------- counting
@@ -193,7 +217,12 @@ def build_model(name_or_path: str) -> Model:
     """The counted ``Model`` of a preset name, config file or checkpoint directory."""
     from transformers import Llama4TextConfig
 
-    config, source = load_config(name_or_path)           # a multimodal config: its text model
+    import students
+
+    student = None if name_or_path in students.PRESETS else run_student(name_or_path)
+    config, source = load_config(str(student or name_or_path))  # multimodal: its text model
+    if student is not None:
+        source = "run directory"
     if isinstance(config, Llama4TextConfig):
         return llama4_model(config, name_or_path, source)
     return meta_model(config, name_or_path, source)

@@ -134,23 +134,45 @@ def _model_source(key: str, model) -> str:
     return f"{key}.preset ({model.preset!r})"
 
 
+def _loaded_paths(recipe: Recipe) -> dict[str, str | None]:
+    """What the run loads from a path or hub name, by recipe key (None: nothing)."""
+    student = recipe.student
+    return {"teacher.hf.name_or_path": recipe.teacher.pretrained(),
+            "student.name_or_path": student.name_or_path if student.init == "pretrained"
+            else None,
+            "data.tokenizer": recipe.data.tokenizer if recipe.data.tokenizer != "bpe" else None}
+
+
 def _check_remote_code(recipe: Recipe) -> None:
     """What the run will load from a path, refused before any work when it needs its own
     code and the recipe does not trust that path (the loaders refuse it too)."""
     from students import sources
 
-    student = recipe.student
-    loaded = {"teacher.hf.name_or_path": recipe.teacher.pretrained(),
-              "student.name_or_path": student.name_or_path if student.init == "pretrained"
-              else None,
-              "data.tokenizer": recipe.data.tokenizer if recipe.data.tokenizer != "bpe" else None}
-    for key, path in loaded.items():
+    for key, path in _loaded_paths(recipe).items():
         if path:
             try:
                 sources.refuse_custom_code(
                     path, sources.is_trusted(path, recipe.trust_remote_code), key)
             except ValueError as exc:
                 raise UserError(str(exc)) from None
+
+
+def check_sources(recipe: Recipe) -> None:
+    """Every checkpoint, tokenizer and hub dataset the run loads can be loaded: a local path
+    that does not exist, or a hub name neither cached nor reachable, is refused naming its
+    key, before any model or data work (rather than after the hub client's retries). Not
+    part of :func:`validate`: a valid recipe may name what an earlier run will write (the
+    shipped recipes name runs/teacher-tiny/student; compare's variants, its teacher)."""
+    from students import sources
+
+    try:
+        for key, path in _loaded_paths(recipe).items():
+            if path:
+                sources.check_exists(path, key)
+        if recipe.data.source == "hub" and recipe.data.hub_name:
+            sources.check_hub_dataset(recipe.data.hub_name)
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from None
 
 
 def validate(recipe: Recipe) -> None:

@@ -36,7 +36,7 @@ from distill.metrics import MetricsLog
 from distill.model_card import architecture, write_model_card
 from distill.policies import NonFiniteGuard, Validator
 from distill.prefetch import TeacherPrefetch
-from distill.recipe import dump_recipe
+from distill.recipe import check_sources, dump_recipe
 from distill.rollout import Rollouts
 from distill.steps import DrawnStep, draws_ahead, draw_step
 from teachers import LMWithObjective, MicroBatch, Placement, Teacher, TeacherUnavailable
@@ -52,10 +52,17 @@ class RunResult:
 
 
 def _check_output_dir(output_dir: Path, resume: bool) -> None:
-    used = (output_dir / "metrics.jsonl").exists() or complete_checkpoints(output_dir)
-    if used and not resume:
+    checkpoints = complete_checkpoints(output_dir)
+    if resume or not (checkpoints or (output_dir / "metrics.jsonl").exists()):
+        return
+    if checkpoints:
         raise UserError(f"output_dir {output_dir} already holds a run; pass --resume to "
                         "continue it, or choose another output_dir.")
+    # A run stopped before its first checkpoint (or one without checkpoints): --resume has
+    # nothing to start from, so do not suggest it; its files are the user's to remove.
+    raise UserError(f"output_dir {output_dir} already holds a run (metrics.jsonl) but no "
+                    "checkpoint to resume from; choose another output_dir, or remove this one "
+                    "to start over.")
 
 
 def _save_model(model, tokenizer, target: Path, card: dict) -> None:
@@ -143,6 +150,7 @@ def run(recipe: Recipe, resume: bool = False) -> RunResult:
     (every process of a launch shares the directory)."""
     output_dir = Path(recipe.output_dir)
     _check_output_dir(output_dir, resume)
+    check_sources(recipe)  # missing checkpoints and unreachable hub names, before any work
     try:
         if int(os.environ.get("RANK", "0")) != 0:
             return _train(recipe, resume)
