@@ -215,3 +215,35 @@ def test_docs_show_the_current_output():
     docs = (Path(__file__).resolve().parent.parent / "docs" / "inspect.md").read_text()
     for name in ("behemoth", "scout"):
         assert f"$ distill inspect {name}\n{format_report(describe(name))}\n```" in docs
+
+
+def test_a_run_directory_is_inspected_through_its_student(finished_run: Path, capsys):
+    """`distill inspect RUN_DIR` as `distill eval RUN_DIR`: the saved student/, the same
+    counts as inspecting student/ itself, the source saying which it was."""
+    assert cli.main(["inspect", str(finished_run), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    student = describe(str(finished_run / "student"))
+    assert report["source"] == "run directory" and student["source"] == "checkpoint"
+    assert report["name"] == str(finished_run)
+    same = ("total_params", "active_params", "layers", "memory", "params", "vocab_size")
+    assert {k: report[k] for k in same} == {k: student[k] for k in same}
+    # counted independently: every parameter of the saved model
+    from transformers import AutoModelForCausalLM
+
+    saved = AutoModelForCausalLM.from_pretrained(finished_run / "student")
+    assert report["total_params"] == sum(p.numel() for p in saved.parameters())
+    assert cli.main(["inspect", str(finished_run)]) == 0
+    assert f"{finished_run} (run directory, llama4_text" in capsys.readouterr().out
+
+
+def test_a_peft_student_names_its_base_model(tmp_path: Path):
+    adapters = tmp_path / "run" / "student"
+    adapters.mkdir(parents=True)
+    (tmp_path / "run" / "config.yaml").write_text("seed: 0\n")
+    (adapters / "adapter_config.json").write_text('{"base_model_name_or_path": "runs/q/student",'
+                                                  ' "peft_type": "LORA"}')
+    for target in (tmp_path / "run", adapters):
+        with pytest.raises(UserError, match="holds PEFT adapters .adapter_config.json., not a "
+                                            "model config; inspect its base model, "
+                                            "'runs/q/student'"):
+            describe(str(target))

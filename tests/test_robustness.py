@@ -279,3 +279,63 @@ def test_sigterm_stops_like_ctrl_c_and_the_run_resumes(tmp_path: Path, cache_dir
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r] == \
         list(range(1, 25))
+
+
+def _leftovers(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
+
+
+@pytest.mark.parametrize("case", ["resume_without_checkpoint", "missing_teacher", "empty_data",
+                                  "block_too_long", "ctrl_c_while_building"])
+def test_a_refused_or_interrupted_start_leaves_no_lock_and_no_directory(case, tmp_path: Path,
+                                                                        cache_dir, monkeypatch):
+    """Each refusal, before or after the lock is taken: the run removes its .lock and the
+    directories it created (here two levels of them), whatever stopped it."""
+    import distill.train as train
+
+    (tmp_path / "empty.txt").write_text("")
+    extra, resume = {
+        "resume_without_checkpoint": ({}, True),
+        "missing_teacher": ({"teacher.kind": "hf",
+                             "teacher.hf.name_or_path": str(tmp_path / "no-teacher")}, False),
+        "empty_data": ({"data.source": "files", "data.files": f"[{tmp_path / 'empty.txt'}]"},
+                       False),
+        "block_too_long": ({"data.block_size": 64,
+                            "student.overrides.max_position_embeddings": 48}, False),
+        "ctrl_c_while_building": ({}, False)}[case]
+    if case == "ctrl_c_while_building":
+        def interrupted(*args, **kwargs):
+            assert (tmp_path / "a" / "b" / ".lock").exists()  # under the lock
+            raise KeyboardInterrupt
+        monkeypatch.setattr(train, "build_models", interrupted)
+    out = tmp_path / "a" / "b"
+    with pytest.raises((UserError, KeyboardInterrupt)):
+        run(_recipe(out, cache_dir, **extra), resume=resume)
+    assert not (tmp_path / "a").exists(), _leftovers(tmp_path / "a")
+    # in a directory the user made, the directory stays, holding nothing of the run's
+    out.mkdir(parents=True)
+    with pytest.raises((UserError, KeyboardInterrupt)):
+        run(_recipe(out, cache_dir, **extra), resume=resume)
+    assert _leftovers(out) == []
+
+
+def test_sighup_stops_like_sigterm_and_leaves_no_lock(tmp_path: Path, cache_dir: Path):
+    """Closing the terminal (SIGHUP) killed the run without unwinding: its .lock and the
+    directories it created stayed. Now it unwinds as on Ctrl-C, with exit status 129."""
+    out = tmp_path / "hup" / "run"
+    args = ["run", QUICKSTART, *tiny_overrides(out, cache_dir, **{"train.max_steps": 400})]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "distill", *args], cwd=REPO, env=env,
+                                stdout=subprocess.DEVNULL, stderr=stderr)
+        deadline = time.time() + 300
+        while not (out / ".lock").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGHUP)
+        proc.wait(timeout=120)
+    said = (tmp_path / "stderr.txt").read_text()
+    assert proc.returncode == 129, said[-3000:]
+    assert "distill: interrupted;" in said and "Traceback" not in said
+    assert not (out / ".lock").exists()
+    if not complete_checkpoints(out):  # stopped before its first checkpoint: told so
+        assert "no checkpoint was written yet" in said and "--resume" not in said
