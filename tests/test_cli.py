@@ -221,3 +221,25 @@ def test_a_run_stopped_before_its_first_checkpoint_is_not_told_to_resume(tmp_pat
     with pytest.raises(UserError, match="holds a run .metrics.jsonl. but no checkpoint to "
                                         "resume from; choose another output_dir, or remove"):
         _check_output_dir(tmp_path, resume=False)
+
+
+# ---- one way to call the toolkit in the docs
+
+def test_readme_and_docs_call_the_toolkit_one_way():
+    """Every command in a shell block of README.md and docs/ calls it from .venv by its path
+    (the README's first lines do): no bare `distill ...`, `python ...`, `torchrun ...`.
+    Lines the toolkit prints (`distill: ...`, `distill serve-teacher: ...`) are output."""
+    import re
+
+    from tests.conftest import REPO
+
+    bare = re.compile(r"^(\$ )?(distill (?![\w-]+: )|python3? |torchrun |accelerate |pytest )")
+    found = []
+    for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        fence = None  # the language of the open code block, None outside one
+        for line in doc.read_text().splitlines():
+            if line.startswith("```"):
+                fence = None if fence is not None else line[3:].strip()
+            elif fence in ("bash", "sh", "console", "") and bare.match(line):
+                found.append(f"{doc.name}: {line}")
+    assert found == []

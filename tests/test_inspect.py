@@ -214,7 +214,8 @@ def test_directory_without_config_and_bad_flags(tmp_path: Path):
 def test_docs_show_the_current_output():
     docs = (Path(__file__).resolve().parent.parent / "docs" / "inspect.md").read_text()
     for name in ("behemoth", "scout"):
-        assert f"$ distill inspect {name}\n{format_report(describe(name))}\n```" in docs
+        assert f"$ .venv/bin/distill inspect {name}\n{format_report(describe(name))}\n```" \
+            in docs
 
 
 def test_a_run_directory_is_inspected_through_its_student(finished_run: Path, capsys):
