@@ -65,13 +65,14 @@ def card_title(role: str, trained: str) -> str:
                          "signal)"}[trained]
 
 
-def card_tags(trained: str, model_config) -> list[str]:
-    """Tags that hold for this model: distillation only when a teacher taught it, MoE only
-    when the saved model routes to experts."""
+def card_tags(role: str, trained: str, model_config) -> list[str]:
+    """Tags that hold for this model: distillation only when a teacher taught it (a teacher
+    that trained alongside is tagged codistillation only), MoE only when the saved model
+    routes to experts."""
     tags = []
-    if trained in ("distilled", "codistilled"):
+    if role == "student" and trained in ("distilled", "codistilled"):
         tags += ["distillation", "knowledge-distillation"]
-    if trained == "codistilled":
+    if trained == "codistilled" or role == "teacher":
         tags.append("codistillation")
     if experts_of(model_config):
         tags.append("mixture-of-experts")
@@ -117,7 +118,7 @@ def write_model_card(directory: Path, recipe: Recipe, metrics: dict[str, Any], r
               "files": f"local files {data.files}",
               "hub": f"`{data.hub_name}` ({data.hub_config or 'default'}, {data.hub_split})"}
     front = {"library_name": "peft" if adapter else "transformers",
-             "tags": card_tags(trained, model.config),
+             "tags": card_tags(role, trained, model.config),
              "pipeline_tag": "text-generation"}
     if data.source == "hub":
         front["datasets"] = [data.hub_name]
@@ -157,6 +158,7 @@ def write_model_card(directory: Path, recipe: Recipe, metrics: dict[str, Any], r
 # {card_title(role, trained)}
 
 Trained with the `distill` toolkit (`distill run`).{intro}
+
 {_paths_note(where, Path(os.getcwd()))}
 
 - **Architecture:** {architecture(model)}
