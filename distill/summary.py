@@ -110,7 +110,7 @@ def run_summary(recipe: Recipe, accelerator, student_lm, teacher, data,
     its prepared data (``train`` and ``validation`` blocks)."""
     train = recipe.train
     return startup_lines(
-        device=str(accelerator.device), processes=accelerator.num_processes,
+        device=accelerator.device.type, processes=accelerator.num_processes,  # cpu, cuda, ...
         mixed_precision=str(accelerator.mixed_precision),
         student=model_counts(student_lm), student_name=f"`{type(student_lm).__name__}`",
         teacher_line=teacher.describe(), teacher=config_counts(teacher.config),
