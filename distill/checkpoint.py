@@ -29,7 +29,7 @@ _NAME = re.compile(r"^step-(\d+)$")
 # What failed or killed writes leave behind: partial by construction (see remove_leftovers).
 _LEFTOVERS = ("checkpoints/.staging-step-*", "checkpoints/.old-step-*", ".staging-student-*",
               ".staging-teacher-*", "metrics.jsonl.tmp", "config.yaml.tmp",
-              "run_fingerprint.json.tmp")
+              "run_fingerprint.json.tmp", "metrics.png.tmp")
 
 
 def checkpoint_dir(output_dir: Path) -> Path:

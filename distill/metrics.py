@@ -1,5 +1,9 @@
 """metrics.jsonl: one JSON object per logged training step or evaluation.
 
+Every row carries ``elapsed_s``: wall-clock seconds since this process started the run (its
+build included: data, models, a teacher cache's fill), so a resumed run's rows count again
+from 0 at its own start.
+
 Rows are appended, so a run killed or stopped by a full disk while writing one leaves a torn
 last line: readers skip it, and a resumed run rewrites the file without it.
 """
@@ -8,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +22,13 @@ from distill.files import write_atomic
 
 
 class MetricsLog:
-    def __init__(self, path: Path, enabled: bool = True) -> None:
+    """``started``: the ``time.monotonic()`` the run began at (``elapsed_s`` counts from it);
+    None leaves ``elapsed_s`` out."""
+
+    def __init__(self, path: Path, enabled: bool = True, started: float | None = None) -> None:
         self.path = Path(path)
         self.enabled = enabled
+        self.started = started
 
     def truncate_after(self, step: int, final_step: int) -> None:
         """Drop rows past ``step`` (written by a run that was killed after its last
@@ -40,6 +49,8 @@ class MetricsLog:
     def write(self, row: dict[str, Any]) -> None:
         if not self.enabled:
             return
+        if self.started is not None:
+            row = {**row, "elapsed_s": round(time.monotonic() - self.started, 3)}
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                  for k, v in row.items()}
         with writes_to(str(self.path), self.path.parent):

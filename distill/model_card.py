@@ -1,7 +1,10 @@
-"""A Hugging Face model card (README.md) for every saved student."""
+"""A Hugging Face model card (README.md) for every saved student (and a teacher the run
+trained). What the card says is read off the saved model (architecture, experts, tags) and
+the run (how it was trained: distilled, codistilled or on the data alone), not assumed."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,36 +22,103 @@ def _schedule(s) -> str:
     return f"{s.kind} {s.start:g} -> {s.end:g} over steps {s.warmup_steps}-{end}"
 
 
+# Config fields that name the routed experts per MoE layer, across transformers' MoE models.
+_EXPERT_FIELDS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+
+
+def experts_of(config) -> int:
+    """Routed experts per MoE layer of a transformers config; 0 for a dense model. A Llama 4
+    config keeps ``num_local_experts`` even when no layer is MoE (``moe_layers: []``): its
+    layers say which it is."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if getattr(text, "moe_layers", None) == []:
+        return 0
+    return next((n for n in (getattr(text, f, None) for f in _EXPERT_FIELDS)
+                 if isinstance(n, int) and n > 0), 0)
+
+
+def _soft_weight_zero_throughout(recipe: Recipe) -> bool:
+    """Whether the soft weight is 0 at every step (its schedule stays between its warmup
+    start, start and end; a constant one is its start): the teacher never teaches."""
+    s = recipe.loss.soft_weight
+    values = [s.start, s.warmup_start] + ([] if s.kind == "constant" else [s.end])
+    return not any(v for v in values if v is not None)
+
+
+def how_trained(recipe: Recipe, codistilled: bool) -> str:
+    """``codistilled`` (a teacher trained alongside and taught), ``distilled`` (a frozen
+    teacher taught), ``no_teacher`` (``teacher.kind: none``) or ``data_only`` (a teacher
+    was configured but the soft weight is 0 throughout: the hard targets alone)."""
+    if recipe.teacher.kind == "none":
+        return "no_teacher"
+    if _soft_weight_zero_throughout(recipe):
+        return "data_only"
+    return "codistilled" if codistilled else "distilled"
+
+
+def card_title(role: str, trained: str) -> str:
+    if role == "teacher":
+        return "Codistilled teacher"
+    return {"codistilled": "Codistilled student", "distilled": "Distilled student",
+            "no_teacher": "Pretrained model (no teacher)",
+            "data_only": "Student trained on the data alone (soft weight 0, no teacher "
+                         "signal)"}[trained]
+
+
+def card_tags(role: str, trained: str, model_config) -> list[str]:
+    """Tags that hold for this model: distillation only when a teacher taught it (a teacher
+    that trained alongside is tagged codistillation only), MoE only when the saved model
+    routes to experts."""
+    tags = []
+    if role == "student" and trained in ("distilled", "codistilled"):
+        tags += ["distillation", "knowledge-distillation"]
+    if trained == "codistilled" or role == "teacher":
+        tags.append("codistillation")
+    if experts_of(model_config):
+        tags.append("mixture-of-experts")
+    return tags or ["causal-lm"]
+
+
 def architecture(model) -> str:
     """What the saved model is, read off the model itself (not the recipe)."""
     config = model.config
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    experts = getattr(text, "num_local_experts", 0) or 0
+    experts = experts_of(config)
     moe = (f", {experts} experts ({getattr(text, 'num_experts_per_tok', '?')} per token)"
-           if experts else "")
+           if experts else ", dense (no experts)")
+    moe_layers = getattr(text, "moe_layers", None)
+    if experts and isinstance(moe_layers, list) and len(moe_layers) < text.num_hidden_layers:
+        moe += f" in {len(moe_layers)} of its layers"
     params = sum(p.numel() for p in model.parameters())
     return (f"`{type(model).__name__}` (`{config.model_type}`): {text.num_hidden_layers} layers, "
             f"hidden size {text.hidden_size}{moe}, vocabulary {text.vocab_size}, "
             f"{params:,} parameters")
 
 
-_TITLES = {"student": "Distilled student", "teacher": "Codistilled teacher"}
+def _paths_note(where: Path, cwd: Path) -> str:
+    """Where this card's paths are relative to, and where the run's recipe lies."""
+    return (f"Paths in this card are as the run was given them; relative ones (the loading "
+            f"example's, data files, a teacher's checkpoint or tokenizer) are relative to "
+            f"`{cwd}`, the directory `distill run` was started in. The run's fully resolved "
+            f"recipe is `../config.yaml`, beside this model's directory (`{where.parent / 'config.yaml'}`); it loads as a recipe.")
 
 
 def write_model_card(directory: Path, recipe: Recipe, metrics: dict[str, Any], role: str,
-                     teacher_line: str, architecture_line: str, adapter: bool,
+                     teacher_line: str, model, adapter: bool, codistilled: bool = False,
                      shown_path: str | Path | None = None) -> None:
     """Write ``directory/README.md`` for the run's ``role`` model (``student``, or a
-    ``teacher`` the run trained); ``shown_path`` is where the loading example points (the
-    final location when ``directory`` is a staging directory)."""
-    where = shown_path or directory
+    ``teacher`` the run trained), ``model`` being what was saved there; ``codistilled``:
+    the run's teacher trained alongside the student. ``shown_path`` is where the loading
+    example points (the final location when ``directory`` is a staging directory)."""
+    where = Path(shown_path or directory)
     data = recipe.data
+    trained = how_trained(recipe, codistilled)
     source = {"stdlib": "the Python standard library's source files",
               "python_docs": "the Python Language Reference topics shipped with CPython",
               "files": f"local files {data.files}",
               "hub": f"`{data.hub_name}` ({data.hub_config or 'default'}, {data.hub_split})"}
     front = {"library_name": "peft" if adapter else "transformers",
-             "tags": ["distillation", "knowledge-distillation", "mixture-of-experts"],
+             "tags": card_tags(role, trained, model.config),
              "pipeline_tag": "text-generation"}
     if data.source == "hub":
         front["datasets"] = [data.hub_name]
@@ -57,11 +127,17 @@ def write_model_card(directory: Path, recipe: Recipe, metrics: dict[str, Any], r
         if recipe.student.init == "pretrained" and recipe.student.name_or_path:
             front["base_model"] = recipe.student.name_or_path
         intro = ""
-        how = (f"- **Teacher:** {teacher_line}\n"
-               f"- **Loss:** hard weight x CE + soft weight x T^2 x `{loss.divergence}`; soft "
-               f"weight\n  {_schedule(loss.soft_weight)}, hard weight "
-               f"{_schedule(loss.hard_weight)}, temperature\n  {_schedule(loss.temperature)}, "
-               f"adaptive strategy `{loss.adaptive}`")
+        if trained == "no_teacher":
+            how = "- **Teacher:** none: trained on the data's next tokens alone (cross-entropy)"
+        elif trained == "data_only":
+            how = (f"- **Teacher:** {teacher_line}, unused: the soft weight is 0 at every step, "
+                   "so the student learned from the data's next tokens alone")
+        else:
+            how = (f"- **Teacher:** {teacher_line}\n"
+                   f"- **Loss:** hard weight x CE + soft weight x T^2 x `{loss.divergence}`; "
+                   f"soft weight\n  {_schedule(loss.soft_weight)}, hard weight "
+                   f"{_schedule(loss.hard_weight)}, temperature\n  "
+                   f"{_schedule(loss.temperature)}, adaptive strategy `{loss.adaptive}`")
     else:
         intro = (" This is the teacher that trained\nalongside the run's student, which is in "
                  "`student/`.")
@@ -79,12 +155,13 @@ def write_model_card(directory: Path, recipe: Recipe, metrics: dict[str, Any], r
 {yaml.safe_dump(front, sort_keys=False).strip()}
 ---
 
-# {_TITLES[role]}
+# {card_title(role, trained)}
 
-Trained with the `distill` toolkit (`distill run`); the full resolved recipe is in the run's
-`config.yaml`.{intro}
+Trained with the `distill` toolkit (`distill run`).{intro}
 
-- **Architecture:** {architecture_line}
+{_paths_note(where, Path(os.getcwd()))}
+
+- **Architecture:** {architecture(model)}
 {how}
 - **Data:** {source[data.source]}, blocks of {data.block_size} tokens, tokenizer `{data.tokenizer}`
 - **Training:** {recipe.train.max_steps} steps, {recipe.train.micro_batch_size} x

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -42,18 +43,31 @@ class NonFiniteGuard:
         return reason
 
 
+def eval_line(step: int, row: dict) -> str:
+    """``eval step 100: val_loss 5.4321 (ppl 228.7); teacher val_loss 4.9876 (ppl 146.6)``"""
+    def loss(value: float) -> str:
+        return f"val_loss {value:.4f} (ppl {math.exp(min(value, 700)):.1f})"
+
+    teacher = row.get("teacher_val_loss")
+    return f"eval step {step}: {loss(row['val_loss'])}" + \
+        (f"; teacher {loss(teacher)}" if teacher is not None else "")
+
+
 class Validator:
-    """Evaluates the student (and a model the teacher trains) on the validation split and
-    writes the row to the metrics log; ``last`` keeps the latest row."""
+    """Evaluates the student (and a model the teacher trains) on the validation split, writes
+    the row to the metrics log and says its losses on one line (``say``, the main process's
+    progress writer); ``last`` keeps the latest row."""
 
     def __init__(self, accelerator, blocks: torch.Tensor, batch_size: int,
-                 max_batches: int | None, log: MetricsLog, teacher) -> None:
+                 max_batches: int | None, log: MetricsLog, teacher,
+                 say: Callable[[str], None] | None = None) -> None:
         self.accelerator = accelerator
         self.blocks = blocks
         self.batch_size = batch_size
         self.max_batches = max_batches
         self.log = log
         self.teacher = teacher
+        self.say = say
         self.last: dict = {}
 
     def __call__(self, student, step: int, tokens: int) -> float:
@@ -72,5 +86,7 @@ class Validator:
             trained.train()
         student.train()
         self.log.write({"step": step, "tokens": tokens, **row})
+        if self.say is not None:
+            self.say(eval_line(step, row))
         self.last = row
         return row["val_loss"]

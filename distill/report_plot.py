@@ -36,14 +36,34 @@ def loss_frame(curves: dict[str, list[tuple[int, float, float]]]) -> tuple[float
     return low - margin, high + margin
 
 
-def plot(summaries: dict[str, list[dict[str, Any]]], path: Path,
-         teacher_loss: float | None = None) -> None:
-    """``summaries``: per variant, its runs' summaries (one per seed)."""
+def pyplot():
+    """matplotlib's pyplot on the Agg backend: files only, no display needed (a server, a
+    batch job), whatever backend the environment would pick."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, path: Path, dpi: int = 110) -> None:
+    """Write the figure as a PNG beside ``path`` and rename it into place (a reader never
+    sees half a file), then free it."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        fig.savefig(tmp, dpi=dpi, format="png")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        pyplot().close(fig)
+
+
+def plot(summaries: dict[str, list[dict[str, Any]]], path: Path,
+         teacher_loss: float | None = None) -> None:
+    """``summaries``: per variant, its runs' summaries (one per seed)."""
+    plt = pyplot()
     fig, axes = plt.subplots(3, 1, figsize=(9, 9), sharex=True,
                              gridspec_kw={"height_ratios": [3, 1, 1]})
     curves = {name: mean_curve([[(s, loss) for s, _, loss in run["curve"]] for run in runs])
@@ -87,5 +107,4 @@ def plot(summaries: dict[str, list[dict[str, Any]]], path: Path,
         axis.grid(alpha=0.3)
     fig.suptitle("distill compare: validation loss and loss schedules")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

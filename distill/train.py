@@ -33,12 +33,15 @@ from distill.files import write_atomic
 from distill.fingerprint import built_fingerprint, check_built, check_recipe, write_fingerprint
 from distill.lock import OutputDirLock
 from distill.metrics import MetricsLog
-from distill.model_card import architecture, write_model_card
+from distill.model_card import write_model_card
 from distill.policies import NonFiniteGuard, Validator
 from distill.prefetch import TeacherPrefetch
+from distill.progress import StepProgress
 from distill.recipe import check_sources, dump_recipe
 from distill.rollout import Rollouts
+from distill.run_plot import write_run_plot
 from distill.steps import DrawnStep, draws_ahead, draw_step
+from distill.summary import print_startup_summary, run_summary
 from teachers import LMWithObjective, MicroBatch, Placement, Teacher, TeacherUnavailable
 
 
@@ -65,16 +68,29 @@ def _check_output_dir(output_dir: Path, resume: bool) -> None:
                     "to start over.")
 
 
+def _no_bar(factory, args, kwargs):
+    """transformers' tqdm hook: the bar it would draw, disabled."""
+    return factory(*args, **{**kwargs, "disable": True})
+
+
 def _save_model(model, tokenizer, target: Path, card: dict) -> None:
     """save_pretrained (and a model card) into a staging directory, then rename: the
     target is whole or absent. A failed write removes its staging directory."""
+    from transformers.utils.logging import set_tqdm_hook
+
     with writes_to(f"{target}/", target.parent) as partial:
         staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".staging-{target.name}-"))
         partial.append(staging)
-        model.save_pretrained(staging)
+        # save_pretrained draws a "Writing model shards" bar per model, even for one shard
+        # written in milliseconds: in a log file, two lines of carriage-return noise after
+        # the run's last evaluation. Only transformers' own bars, only during the save.
+        previous = set_tqdm_hook(_no_bar)
+        try:
+            model.save_pretrained(staging)
+        finally:
+            set_tqdm_hook(previous)
         tokenizer.save_pretrained(staging)
-        write_model_card(staging, shown_path=target, architecture_line=architecture(model),
-                         **card)
+        write_model_card(staging, shown_path=target, model=model, **card)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(staging, target)
 
@@ -145,6 +161,17 @@ def _use_cpu(requested: bool) -> bool:
     return requested or (launched and not torch.cuda.is_available())
 
 
+def _clip_gradients(accelerator, student, max_norm: float) -> float | None:
+    """Clip the student's gradients to ``max_norm`` (0: no clipping) and return their total
+    norm before clipping, the figure logged as ``grad_norm``. accelerate's clip_grad_norm_
+    unscales fp16 gradients first and knows sharded (FSDP) parameters; with an infinite
+    threshold the clip factor is clamped to 1, so the gradients stay as they are. None where
+    the backend returns no norm (DeepSpeed clips inside its own step)."""
+    norm = accelerator.clip_grad_norm_(student.parameters(),
+                                       max_norm if max_norm > 0 else float("inf"))
+    return None if norm is None else float(norm)
+
+
 def run(recipe: Recipe, resume: bool = False) -> RunResult:
     """Train as ``distill run`` does. The first process holds the output directory's lock
     (every process of a launch shares the directory)."""
@@ -182,8 +209,8 @@ def _release_process_group() -> None:
 def _train(recipe: Recipe, resume: bool) -> RunResult:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
 
+    started = time.monotonic()  # metrics rows' elapsed_s count from here (this process)
     train = recipe.train
     output_dir = Path(recipe.output_dir)
     if resume:  # refused before anything is built or written when it cannot be safe
@@ -251,21 +278,29 @@ def _train(recipe: Recipe, resume: bool) -> RunResult:
                             f"its checkpoint of step {start_step}; use train.max_steps >= "
                             f"{start_step}.")
     # ---- from here on the run writes into output_dir
-    log = MetricsLog(output_dir / "metrics.jsonl", enabled=main)
+    log = MetricsLog(output_dir / "metrics.jsonl", enabled=main, started=started)
     log.truncate_after(start_step, train.max_steps)
     if main:
         with writes_to("the run's record (config.yaml, run_fingerprint.json)", output_dir):
             write_fingerprint(output_dir, recipe, built)
             write_atomic(output_dir / "config.yaml", dump_recipe(recipe))
             write_init_report(models.init_report, output_dir)
+    if main:
+        print_startup_summary(run_summary(recipe, accelerator, models.student, teacher, data,
+                                          start_step))
+    progress = StepProgress(train.max_steps, start_step, enabled=main)
     evaluate = Validator(accelerator, data.validation, train.eval_batch_size,
-                         train.eval_batches, log, teacher)
+                         train.eval_batches, log, teacher, say=progress.write)
     if start_step == 0:
         first_val_loss = evaluate(student, 0, tokens_seen)
 
+    def refresh_plot() -> None:  # metrics.png, after each evaluation (never fails the run)
+        if main:
+            write_run_plot(output_dir, f"{output_dir}: losses, weights and learning rate",
+                           warn=progress.write)
+
     # ---- the loop: one optimizer step per iteration
     guard = NonFiniteGuard(train.on_nonfinite, train.max_skipped_steps, output_dir)
-    bar = tqdm(total=train.max_steps, initial=start_step, disable=not main, desc="distill")
     last_time, last_tokens = time.perf_counter(), tokens_seen
     upcoming: DrawnStep | None = None
     for step in range(start_step, train.max_steps):
@@ -291,12 +326,11 @@ def _train(recipe: Recipe, resume: bool) -> RunResult:
             optimizer.zero_grad(set_to_none=True)  # drop this step's gradients
             teacher.discard_step()
             log.write({"step": step + 1, "tokens": tokens_seen, "skipped": skipped})
-            print(f"distill: step {step + 1} skipped: {skipped}")
-            bar.update(1)
+            progress.write(f"distill: step {step + 1} skipped: {skipped}")
+            progress.update()
             continue
         lr = scheduler.get_last_lr()[0]
-        if train.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(student.parameters(), train.max_grad_norm)
+        grad_norm = _clip_gradients(accelerator, student, train.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -310,22 +344,24 @@ def _train(recipe: Recipe, resume: bool) -> RunResult:
         last_time, last_tokens = now, tokens_seen
         if done % train.log_every == 0 or done == train.max_steps:
             log.write({"step": done, "tokens": tokens_seen, "lr": lr, **terms, **scalars,
-                       **drawn.rollout, "tokens_per_s": tokens_per_s})
-        bar.set_postfix({"loss": f"{terms['loss']:.3f}", "ce": f"{terms['ce']:.3f}",
-                         "kd": f"{terms.get('kd', 0.0):.3f}", "tok/s": f"{tokens_per_s:.0f}"},
-                        refresh=False)
-        bar.update(1)
+                       **drawn.rollout, "tokens_per_s": tokens_per_s,
+                       **({} if grad_norm is None else {"grad_norm": grad_norm})})
+        progress.update({"loss": f"{terms['loss']:.3f}", "ce": f"{terms['ce']:.3f}",
+                         "kd": f"{terms.get('kd', 0.0):.3f}", "tok/s": f"{tokens_per_s:.0f}"})
         if train.eval_every and done % train.eval_every == 0 and done != train.max_steps:
             evaluate(student, done, tokens_seen)
+            refresh_plot()
         if train.checkpoint_every and done % train.checkpoint_every == 0:
             save_checkpoint(accelerator, output_dir, done,
                             {"tokens": tokens_seen, "data_order": order_state,
                              "first_val_loss": first_val_loss}, train.keep_checkpoints)
-    bar.close()
+    progress.close()
     prefetch.close()
 
-    # ---- outputs: the final evaluation, the student and any model the teacher trained
+    # ---- outputs: the final evaluation, the plot, the student and any model the teacher
+    # trained
     final_val_loss = evaluate(student, train.max_steps, tokens_seen)
+    refresh_plot()
     if main:
         final = {"steps": train.max_steps, "tokens": tokens_seen, **evaluate.last}
         _save_outputs(accelerator.unwrap_model(student).lm, teacher, data.tokenizer,
@@ -338,13 +374,15 @@ def _train(recipe: Recipe, resume: bool) -> RunResult:
 def _save_outputs(student_lm, teacher: Teacher, tokenizer, output_dir: Path, recipe: Recipe,
                   final: dict) -> None:
     """student/, and teacher/ for a teacher the run trained (so it can teach the next)."""
+    trained = teacher.trained_model()
     _save_model(student_lm, tokenizer, output_dir / "student",
                 {"recipe": recipe, "metrics": final, "role": "student",
-                 "teacher_line": teacher.describe(), "adapter": recipe.student.peft is not None})
-    trained = teacher.trained_model()
+                 "teacher_line": teacher.describe(), "adapter": recipe.student.peft is not None,
+                 "codistilled": trained is not None})
     if trained is not None:
         metrics = {"steps": final["steps"], "tokens": final["tokens"],
                    "val_loss": final.get("teacher_val_loss")}
         _save_model(trained, tokenizer, output_dir / "teacher",
                     {"recipe": recipe, "metrics": metrics, "role": "teacher",
-                     "teacher_line": teacher.describe(), "adapter": False})
+                     "teacher_line": teacher.describe(), "adapter": False,
+                     "codistilled": True})

@@ -36,6 +36,11 @@ def test_two_processes_match_one_and_resume(tmp_path: Path, cache_dir: Path):
                                                          **{"train.micro_batch_size": 2}))
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("done:") == 1  # one process reports
+    # and its start-up summary says that the launch doubled the recipe's batch (2 x 1 x 2)
+    assert result.stdout.count("distill: device cpu, 2 processes") == 1
+    assert "global batch 4 sequences x 32 tokens = 128 tokens per step (2 per micro-batch x 1 " \
+           "accumulation x 2 processes: the launch's 2 processes multiply the recipe's 2 " \
+           "sequences per step by 2)" in result.stdout
     rows = read_metrics(ddp / "metrics.jsonl")
     train_rows = [r for r in rows if "loss" in r]
     assert [r["step"] for r in train_rows] == list(range(1, 7))  # one log, each step once

@@ -35,7 +35,7 @@ from tests.conftest import QUICKSTART, REPO, TINY_MODEL, tiny_overrides
 # Short rollouts that fit the tests' 32-token blocks.
 SHORT = {"on_policy.prompt_tokens": 8, "on_policy.max_new_tokens": 16}
 # Keys whose values are wall-clock measurements.
-TIMED = ("tokens_per_s", "generation_tokens_per_s")
+TIMED = ("tokens_per_s", "generation_tokens_per_s", "elapsed_s")
 
 
 def _recipe(out: Path, cache_dir: Path, **extra):

@@ -87,7 +87,7 @@ def _rows(out: Path) -> list[tuple[int, str, float]]:
     """Every scalar logged, as (step, name, value), leaving out the timing."""
     return [(row["step"], key, float(value)) for row in read_metrics(out / "metrics.jsonl")
             for key, value in sorted(row.items())
-            if isinstance(value, (int, float)) and key != "tokens_per_s"]
+            if isinstance(value, (int, float)) and key not in ("tokens_per_s", "elapsed_s")]
 
 
 def _same(a: list[tuple[int, str, float]], b: list[tuple[int, str, float]]) -> None:
