@@ -64,7 +64,7 @@ def encode_documents(tokenizer, documents: Iterable[tuple[bool, str]]
             yield tag, np.asarray([*piece_ids, eos] if last else piece_ids, dtype=np.int64)
 
     for tag, text in documents:
-        pieces = list(text_pieces(text)) if len(text) > PIECE_CHARS else [text]
+        pieces = list(text_pieces(text, PIECE_CHARS)) if len(text) > PIECE_CHARS else [text]
         for index, piece in enumerate(pieces):
             batch.append((tag, piece, index == len(pieces) - 1))
             chars += len(piece)

@@ -152,10 +152,11 @@ def _row_text(row: object, field: str, where: str) -> str:
 
 
 def _json_documents(path: Path, cfg: DataConfig) -> Iterator[FileDocument]:
-    """JSON lines (one object per line), or a .json file holding one array of objects."""
+    """JSON lines (one object per line), or a .json file holding one array of objects
+    (parsed whole: such files are small by nature)."""
     with open(path, "rb") as handle:
         head = handle.read(4096).lstrip()
-    if head.startswith(b"["):  # one array: parsed whole (such files are small by nature)
+    if path.suffix.lower() == ".json" and head.startswith(b"["):  # one array, parsed whole
         text = _decode(path.read_bytes(), path, cfg.encoding)
         try:
             rows = json.loads(text)

@@ -33,16 +33,18 @@ class _Yardstick:
 
 def _yardstick(target_is_run: bool, run_recipe, data: str | None) -> _Yardstick:
     """--data RECIPE: its validation split, as its runs evaluate it; --data FILE (or folder,
-    or glob): every document of it; a run directory: exactly the run's own final
+    or glob): every document of it (in a run's blocks and batches); a run directory: exactly the run's own final
     evaluation (its validation blocks, train.eval_batch_size, train.eval_batches); else the
     default corpus's validation split, 16 batches of 16."""
     if data is not None and Path(data).suffix in (".yaml", ".yml"):
         recipe = load_recipe(data)
         return _Yardstick(recipe.data, True, recipe.train.eval_batch_size,
                           recipe.train.eval_batches, f"the validation split of {data}")
-    if data is not None:
-        return _Yardstick(DataConfig(source="files", files=[data]), False,
-                          _DEFAULT_BATCH_SIZE, None, f"every document of {data}")
+    if data is not None:  # a run's block and batch sizes; else the defaults
+        block_size = run_recipe.data.block_size if target_is_run else DataConfig.block_size
+        batch_size = run_recipe.train.eval_batch_size if target_is_run else _DEFAULT_BATCH_SIZE
+        return _Yardstick(DataConfig(source="files", files=[data], block_size=block_size),
+                          False, batch_size, None, f"every document of {data}")
     if target_is_run:
         train = run_recipe.train
         return _Yardstick(run_recipe.data, True, train.eval_batch_size, train.eval_batches,
