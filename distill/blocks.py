@@ -27,8 +27,8 @@ from distill.corpus import Corpus, CorpusStats
 from distill.errors import UserError
 
 BLOCKS_VERSION = 1       # bump when the files' layout or the packing changes
-PIECE_CHARS = 1_000_000  # longest text handed to the tokenizer at once (memory bound)
-_BATCH_CHARS = 1_000_000  # characters per tokenizer call (several documents at once)
+PIECE_CHARS = 100_000    # longest text handed to the tokenizer at once (memory bound)
+_BATCH_CHARS = 100_000   # characters per tokenizer call (several documents at once)
 _BATCH_TEXTS = 256
 _HASH_ROWS = 4096        # blocks hashed at a time (bounded memory over the memmap)
 SPLITS = ("train", "validation")
@@ -64,13 +64,16 @@ def encode_documents(tokenizer, documents: Iterable[tuple[bool, str]]
             yield tag, np.asarray([*piece_ids, eos] if last else piece_ids, dtype=np.int64)
 
     for tag, text in documents:
-        pieces = list(text_pieces(text, PIECE_CHARS)) if len(text) > PIECE_CHARS else [text]
-        for index, piece in enumerate(pieces):
-            batch.append((tag, piece, index == len(pieces) - 1))
+        pieces = text_pieces(text, PIECE_CHARS)  # lazily: no second copy of a huge text
+        piece = next(pieces)
+        while piece is not None:
+            following = next(pieces, None)  # one ahead, to know the document's last piece
+            batch.append((tag, piece, following is None))
             chars += len(piece)
             if chars >= _BATCH_CHARS or len(batch) >= _BATCH_TEXTS:
                 yield from flush()
                 batch, chars = [], 0
+            piece = following
     if batch:
         yield from flush()
 

@@ -187,10 +187,14 @@ class Corpus:
                     stats.validation_documents += 1
                     yield True, text
                 else:
+                    stats.train_documents += 1
                     if held is not None:
                         yield False, held
-                    held = text
-                    stats.train_documents += 1
+                        held = None
+                    if stats.validation_documents:
+                        yield False, text
+                    else:  # held back until a validation document shows up
+                        held = text
                 if cfg.max_chars is not None and stats.characters >= cfg.max_chars:
                     break
         if stats.documents == 0:
