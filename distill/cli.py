@@ -127,10 +127,14 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
                             "(config.yaml and student/) or a saved model directory")
     evaluation.add_argument("--teacher", help="a teacher checkpoint to compare with (KL, "
                                               "top-1 agreement)")
-    evaluation.add_argument("--data", help="a recipe (its data section) or a text/JSON-lines/"
-                                           "parquet file to evaluate on")
-    evaluation.add_argument("--batches", type=int, default=16,
-                            help="validation batches of 16 sequences (default 16)")
+    evaluation.add_argument("--data", help="a recipe (its validation split, batches as its "
+                                           "runs evaluate) or a file, folder or glob (every "
+                                           "document of it, read as data.files reads it)")
+    evaluation.add_argument("--batches", type=int, default=None,
+                            help="evaluate at most N batches (default: a run directory's own "
+                                 "final evaluation, train.eval_batch_size x "
+                                 "train.eval_batches; all of --data FILE; 16 of 16 "
+                                 "sequences otherwise)")
     evaluation.add_argument("--json", action="store_true", help="print one JSON object")
     evaluation.add_argument("--trust-remote-code", action="append", default=[], metavar="PATH",
                             help="a model or tokenizer path whose own Python code (auto_map) "
@@ -184,7 +188,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     from distill.eval_command import evaluate_target
 
-    if args.batches < 1:
+    if args.batches is not None and args.batches < 1:
         raise UserError(f"--batches: got {args.batches}; must be >= 1.")
     result = evaluate_target(args.target, args.teacher, args.data, args.batches,
                              args.trust_remote_code)

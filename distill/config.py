@@ -56,8 +56,25 @@ class DataConfig:
         "files) or `hub` (a dataset name from the Hugging Face hub, downloaded by `datasets`).",
         choices=("stdlib", "python_docs", "files", "hub")))
     files: list[str] = field(default_factory=list, metadata=meta(
-        "For `source: files`: paths or glob patterns. The format follows the extension: "
-        ".txt/.md/.py/.text (one example per line), .json/.jsonl, .parquet."))
+        "For `source: files`: paths, directories (every file beneath them) or glob patterns "
+        "(`**` matches nested folders). How each file is read follows `format`."))
+    format: str = field(default="auto", metadata=meta(
+        "How `files` are read: `auto` by extension (plain text: .txt .md .rst .tex .html .py "
+        ".c ... see docs/data.md; .json/.jsonl; .parquet), or `text`, `json`, `parquet` for "
+        "every file whatever its extension.", choices=("auto", "text", "json", "parquet")))
+    document: str = field(default="file", metadata=meta(
+        "What one document of a plain-text file is: the whole `file` (newlines kept) or "
+        "each non-blank `line`. Rows of JSON and parquet files are always one document.",
+        choices=("file", "line")))
+    encoding: str = field(default="utf-8", metadata=meta(
+        "Text encoding of plain-text and JSON-lines files, e.g. `latin-1`; a file that is "
+        "not valid in it is refused, naming the file and line."))
+    dedupe: bool = field(default=True, metadata=meta(
+        "Drop exact duplicate documents (same text), keeping the first; the count is in "
+        "the data summary."))
+    streaming: bool = field(default=False, metadata=meta(
+        "For `source: hub`: read the dataset as a stream (`datasets` streaming=True) "
+        "instead of downloading it whole; with `max_chars`, reading stops at the cap."))
     hub_name: str | None = field(default=None, metadata=meta(
         "For `source: hub`: the dataset name, e.g. `wikitext`."))
     hub_config: str | None = field(default=None, metadata=meta(
@@ -81,7 +98,8 @@ class DataConfig:
     vocab_size: int = field(default=4096, metadata=meta(
         "Vocabulary size of the trained `bpe` tokenizer.", min=300, max=1_000_000))
     cache_dir: str | None = field(default=None, metadata=meta(
-        "Where trained tokenizers are cached; null means $DISTILL_CACHE or ~/.cache/distill."))
+        "Where trained tokenizers and tokenised blocks are cached (docs/data.md); null "
+        "means $DISTILL_CACHE or ~/.cache/distill."))
 
 
 _PRESET_HELP = "Named Llama 4 text config (`students.PRESETS`; `distill inspect NAME`)."

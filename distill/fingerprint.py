@@ -98,10 +98,13 @@ def _sha256(data) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def _blocks(blocks: torch.Tensor) -> str:
+def _blocks(blocks: torch.Tensor, digest: str | None = None) -> str:
+    """The blocks' shape and digest: ``digest`` when the block cache recorded it, else
+    computed in chunks (the same value: sha256 of the blocks as contiguous int64 rows)."""
+    from distill.blocks import blocks_sha256
+
     rows, width = blocks.shape
-    digest = _sha256(blocks.contiguous().numpy())
-    return f"{rows} blocks of {width} tokens, sha256 {digest}"
+    return f"{rows} blocks of {width} tokens, sha256 {digest or blocks_sha256(blocks)}"
 
 
 def _identity(values: dict[str, Any], role: str) -> dict[str, Any]:
@@ -112,14 +115,18 @@ def _identity(values: dict[str, Any], role: str) -> dict[str, Any]:
 
 
 def built_fingerprint(tokenizer, train_blocks: torch.Tensor, validation_blocks: torch.Tensor,
-                      student_config, teacher_identity: dict[str, Any]) -> dict[str, Any]:
+                      student_config, teacher_identity: dict[str, Any],
+                      digests: dict[str, str] | None = None) -> dict[str, Any]:
     """What the run built: the student's config, the teacher's identity
     (``Teacher.identity``: its config, or what a served teacher answered), the tokenizer's
-    vocabulary and the packed data (hashing it reads every token once)."""
+    vocabulary and the packed data (``digests``, by split, as the block cache recorded
+    them; without them hashing reads every token once)."""
+    digests = digests or {}
     vocab = json.dumps(sorted(tokenizer.get_vocab().items())).encode()
     keys: dict[str, Any] = {"tokenizer": f"{len(tokenizer)} tokens, sha256 {_sha256(vocab)}",
-                            "data.train_blocks": _blocks(train_blocks),
-                            "data.validation_blocks": _blocks(validation_blocks)}
+                            "data.train_blocks": _blocks(train_blocks, digests.get("train")),
+                            "data.validation_blocks": _blocks(validation_blocks,
+                                                              digests.get("validation"))}
     keys.update(_identity({"config": student_config.to_dict()}, "student"))
     keys.update(_identity(teacher_identity, "teacher"))
     return _plain(keys)

@@ -8,6 +8,7 @@ from typing import Any, Callable, Sequence
 import yaml
 
 from distill.config import Recipe, ScheduleConfig
+from distill.corpus_files import check_options as check_data_options
 from distill.errors import UserError, quote
 from distill.recipe_yaml import RefusedYAML, dump_yaml, load_yaml
 from distill.schema import apply_override, build, parse_override, suggest, to_dict
@@ -182,6 +183,7 @@ def validate(recipe: Recipe) -> None:
         raise UserError("data.files: source is 'files' but no files are listed.")
     if data.source == "hub" and not data.hub_name:
         raise UserError("data.hub_name: source is 'hub' but no dataset name is given.")
+    check_data_options(data)
     if not recipe.output_dir.strip():
         raise UserError(f"output_dir: got {quote(recipe.output_dir)}; name the directory the "
                         "run writes into (an empty one would be the current directory).")

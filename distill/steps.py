@@ -35,7 +35,8 @@ def draw_step(order: BlockOrder, blocks: torch.Tensor, step: int, micro_batches:
     drawn = []
     for _ in range(micro_batches):
         indices = order.next_indices()
-        drawn.append((blocks[indices].to(accelerator.device), indices))
+        # int64 rows gathered from the (int32, memory-mapped) blocks
+        drawn.append((blocks[indices].long().to(accelerator.device), indices))
     stats = RolloutStats()
     if rollouts is None:
         parts = [{**split_block(rows), "generated": None} for rows, _ in drawn]

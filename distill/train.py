@@ -229,7 +229,8 @@ def _train(recipe: Recipe, resume: bool) -> RunResult:
 
     # ---- build: data, teacher and student, the student's objective and optimizer
     with accelerator.main_process_first():  # the first process trains and caches the tokenizer
-        data = prepare_data(recipe.data, load_corpus(recipe.data), recipe.trust_remote_code)
+        data = prepare_data(recipe.data, load_corpus(recipe.data), recipe.trust_remote_code,
+                            verbose=main)
     models = build_models(recipe, data.tokenizer, lambda model, lr: _optimizer_and_schedule(
         model, lr, train), cache_root(recipe.data))
     teacher = models.teacher
@@ -242,7 +243,7 @@ def _train(recipe: Recipe, resume: bool) -> RunResult:
                               vocab_rows=models.vocab_rows)
     optimizer, scheduler = _optimizer_and_schedule(student, train.lr, train)
     built = built_fingerprint(data.tokenizer, data.train, data.validation,
-                              models.student.config, teacher.identity())
+                              models.student.config, teacher.identity(), data.digests)
     if resume:
         check_built(output_dir, built)
 

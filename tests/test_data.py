@@ -75,12 +75,16 @@ def test_local_files_txt_jsonl_parquet(tmp_path, cache_dir):
     datasets.Dataset.from_dict({"body": lines[300:]}).to_parquet(str(tmp_path / "c.parquet"))
     cfg = DataConfig(source="files", files=[str(tmp_path / "a.txt"), str(tmp_path / "*.jsonl"),
                                             str(tmp_path / "c.parquet")],
-                     text_field="body", vocab_size=300, block_size=16,
+                     text_field="body", vocab_size=300, block_size=16, document="line",
                      validation_fraction=0.1, cache_dir=str(cache_dir))
     corpus = load_corpus(cfg)
     assert sorted(corpus.train + corpus.validation) == sorted(lines)
     packed = prepare_data(cfg, corpus)
     assert packed.train.shape[1] == 17 and len(packed.validation) > 0
+    # by default a text file is one document, its newlines kept; rows stay one each
+    whole = load_corpus(DataConfig(source="files", files=cfg.files, text_field="body"))
+    documents = whole.train + whole.validation
+    assert len(documents) == 1 + 100 + 100 and "\n".join(lines[:200]) in documents
 
 
 def test_hub_dataset_path_with_local_dataset_dir(tmp_path, cache_dir):
@@ -92,20 +96,25 @@ def test_hub_dataset_path_with_local_dataset_dir(tmp_path, cache_dir):
     cfg = DataConfig(source="hub", hub_name=str(tmp_path / "ds"), text_field="content")
     corpus = load_corpus(cfg)
     assert len(corpus.train) + len(corpus.validation) == 50
+    # streamed (datasets' streaming=True): the same documents, in the same split
+    streamed = load_corpus(DataConfig(source="hub", hub_name=str(tmp_path / "ds"),
+                                      text_field="content", streaming=True))
+    assert (streamed.train, streamed.validation) == (corpus.train, corpus.validation)
     with pytest.raises(UserError, match="has no column 'text'.*content"):
-        load_corpus(DataConfig(source="hub", hub_name=str(tmp_path / "ds")))
+        load_corpus(DataConfig(source="hub", hub_name=str(tmp_path / "ds"))).train
 
 
 @pytest.mark.parametrize("make, message", [
     (lambda d: [str(d / "nope.txt")], "file not found"),
     (lambda d: [str(d / "*.missing")], "no file matches"),
     (lambda d: [_write(d / "empty.txt", "\n\n")], "is empty"),
-    (lambda d: [_write(d / "x.csv", "a,b")], "allowed extensions"),
-    (lambda d: [_write(d / "x.jsonl", '{"other": "hi"}\n')], "has no column 'text'"),
+    (lambda d: [_write(d / "x.bin", "a,b")], r"x\.bin \(extension '\.bin'\).*data\.format: text"),
+    (lambda d: [_write(d / "x.jsonl", '{"other": "hi"}\n')],
+     r"x\.jsonl, line 1: no field 'text' \(data.text_field\); its fields are: other"),
 ])
 def test_bad_files_get_clear_errors(tmp_path, make, message):
     with pytest.raises(UserError, match=message):
-        load_corpus(DataConfig(source="files", files=make(tmp_path)))
+        load_corpus(DataConfig(source="files", files=make(tmp_path))).train
 
 
 def _write(path: Path, text: str) -> str:
