@@ -156,7 +156,7 @@ class CachedTeacher(Teacher):
         with accelerator.main_process_first():
             if accelerator.is_main_process:
                 self._open(expected, announce=True)
-                missing = needed[self._where[needed] < 0] if len(self._where) else needed
+                missing = needed[self._where[needed] < 0]  # in the run's order
                 self._report(len(needed), num_blocks, len(missing), int(train_blocks.shape[1]) - 1)
                 if len(missing):
                     teacher = self._load()
