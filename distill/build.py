@@ -1,4 +1,6 @@
-"""Building the run's models from the recipe: student, teacher, shared vocabulary."""
+"""Building the run's models from the recipe: student, teacher, shared vocabulary; which
+training blocks the run reads (what a teacher cache must hold), and whether the student's
+loss reads the teacher at all."""
 
 from __future__ import annotations
 
@@ -7,11 +9,65 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 import students
 import teachers
-from distill.config import Recipe
+from distill.config import Recipe, ScheduleConfig, TrainConfig
+from distill.data import BlockOrder
 from distill.errors import UserError
 from distill.vocab import shared_vocab_rows
+
+# Kinds whose only work is to answer the student: with soft weight 0 they are not built.
+# (A codistill teacher trains a model of its own: it is built, and its outputs are not
+# handed to the student's loss; `none` has nothing to build.)
+_ANSWER_ONLY = ("hf", "cached", "served")
+
+
+def _zero_throughout(schedule: ScheduleConfig) -> bool:
+    """Whether a schedule is 0 at every step: every shape moves between its warmup start,
+    start and end (a constant one stays at its start), so all of those being 0 is exact."""
+    values = [schedule.start, schedule.warmup_start]
+    if schedule.kind != "constant":
+        values.append(schedule.end)
+    return all(not v for v in values if v is not None)
+
+
+def unused_teacher_reason(recipe: Recipe) -> str | None:
+    """Why the student's loss never reads the teacher's outputs in this run, or None when
+    it may: the soft weight is 0 at every step, no adaptive strategy reads the teacher's
+    outputs (they weight terms by them), and no on-policy rows need grading."""
+    if not _zero_throughout(recipe.loss.soft_weight):
+        return None
+    if recipe.loss.adaptive != "none" or recipe.on_policy.active():
+        return None
+    return "loss.soft_weight is 0 for the whole run"
+
+
+def blocks_read(num_blocks: int, train: TrainConfig, seed: int,
+                num_processes: int) -> torch.Tensor:
+    """The training blocks a run reads, each once, in the order it first reads them: every
+    micro-batch of steps 0 .. train.max_steps - 1 of every process (the loop draws no step
+    past the last; a resumed run reads a subset of these).
+
+    At each position of the data order the processes' micro-batches are consecutive slices
+    of one permutation, which is what BlockOrder with one process and the global
+    micro-batch (micro_batch_size x processes) returns: one replay rather than one per
+    process (a test checks it against per-process replays). Stops once every block is seen.
+    Returns (n,) int64."""
+    order = BlockOrder(num_blocks, train.micro_batch_size * num_processes, seed)
+    seen = torch.zeros(num_blocks, dtype=torch.bool)
+    parts, count = [], 0
+    for _ in range(train.max_steps * train.grad_accum_steps):
+        indices = order.next_indices()
+        fresh = indices[~seen[indices]]  # a micro-batch holds no block twice
+        if len(fresh):
+            seen[fresh] = True
+            parts.append(fresh)
+            count += len(fresh)
+            if count == num_blocks:
+                break
+    return torch.cat(parts).long()
 
 
 @dataclass
@@ -33,9 +89,13 @@ def model_config(model_cfg, tokenizer):
         raise UserError(str(exc)) from None
 
 
-def build_models(recipe: Recipe, tokenizer, make_optimizer: Callable, cache_root: Path) -> Models:
+def build_models(recipe: Recipe, tokenizer, make_optimizer: Callable, cache_root: Path,
+                 announce: bool = True) -> Models:
     """The teacher (first: a codistilled teacher's initialisation follows the seed), then
-    the student, checked against each other: one vocabulary, positions for block_size."""
+    the student, checked against each other: one vocabulary, positions for block_size. A
+    frozen teacher whose outputs the loss weights by 0 throughout is not built (or, for a
+    student initialised from it, dropped once its weights are copied); ``announce``: print
+    the line that says so (the main process)."""
     efficient = recipe.train.efficient_moe
     student_cfg = recipe.student
     rows = len(tokenizer)  # the shared vocabulary; checked against both heads below
@@ -45,11 +105,20 @@ def build_models(recipe: Recipe, tokenizer, make_optimizer: Callable, cache_root
         make_optimizer=make_optimizer, chunk_size=recipe.loss.chunk_size,
         max_grad_norm=recipe.train.max_grad_norm,
         trust_remote_code=tuple(recipe.trust_remote_code), tokenizer=tokenizer,
-        block_size=recipe.data.block_size)
-    try:
-        teacher = teachers.build(recipe.teacher, setup)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"teacher ({recipe.teacher.kind}): could not build it: {exc}") from None
+        block_size=recipe.data.block_size, output_dir=Path(recipe.output_dir))
+    unused = unused_teacher_reason(recipe) if recipe.teacher.kind in _ANSWER_ONLY else None
+    if unused and announce:
+        print(f"teacher: not built: {unused}" + (" (loaded only to initialise the student)"
+              if student_cfg.init == "from_teacher" else ""))
+    if unused and student_cfg.init != "from_teacher":
+        teacher: teachers.Teacher = teachers.NoTeacher(f"the {recipe.teacher.kind} teacher "
+                                                       f"was not built: {unused}")
+    else:
+        try:
+            teacher = teachers.build(recipe.teacher, setup)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"teacher ({recipe.teacher.kind}): could not build it: "
+                            f"{exc}") from None
     init_report = None
     if student_cfg.init == "pretrained":
         try:
@@ -78,6 +147,9 @@ def build_models(recipe: Recipe, tokenizer, make_optimizer: Callable, cache_root
                                               "teacher": teacher.config})
     if student_cfg.peft is not None:
         student = students.apply_peft(student, student_cfg.peft)
+    if unused and student_cfg.init == "from_teacher":  # built for its weights: copied now
+        teacher = teachers.NoTeacher(f"the {recipe.teacher.kind} teacher initialised the "
+                                     f"student and then went: {unused}")
     return Models(student=student, teacher=teacher, vocab_rows=rows, init_report=init_report)
 
 

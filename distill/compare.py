@@ -77,20 +77,41 @@ def _train_teacher(teacher: TeacherPlan) -> None:
         raise UserError(f"the teacher recipe failed; see {directory / 'log.txt'}")
 
 
-def _fill_cache(recipe: Recipe) -> None:
-    """Compute the frozen teacher's outputs once, before the runs read them (the cache's
-    key holds the teacher and the training data, not the seed: every seed shares it)."""
+def _fill_cache(recipes: list[Recipe]) -> None:
+    """Compute the frozen teacher's outputs once, before the runs read them: the union of
+    the blocks every run reads (the cache's key holds the teacher and the training data,
+    not the seed: every seed shares it, and each adds only the blocks the others lack)."""
+    import torch
     from accelerate import Accelerator
 
     import teachers
+    from distill.build import blocks_read, unused_teacher_reason
     from distill.corpus import load_corpus
     from distill.data import cache_root, prepare_data
 
+    readers = [r for r in recipes if unused_teacher_reason(r) is None]
+    if not readers:  # every run weights the teacher by 0: none builds it
+        return
+    recipe = readers[0]
     data = prepare_data(recipe.data, load_corpus(recipe.data), recipe.trust_remote_code)
+
+    def union() -> torch.Tensor:
+        seen = torch.zeros(len(data.train), dtype=torch.bool)
+        parts = []
+        for reader in readers:  # `distill run` of each is one process
+            blocks = blocks_read(len(data.train), reader.train, reader.seed, 1)
+            parts.append(blocks[~seen[blocks]])
+            seen[blocks] = True
+        return torch.cat(parts)
+
     teacher = teachers.build(recipe.teacher, teachers.TeacherSetup(
         vocab_rows=len(data.tokenizer), efficient_moe=recipe.train.efficient_moe,
         cache_root=cache_root(recipe.data), trust_remote_code=tuple(recipe.trust_remote_code)))
-    teacher.prepare(teachers.Placement(Accelerator(cpu=recipe.train.cpu), data.train))
+    try:
+        teacher.prepare(teachers.Placement(Accelerator(cpu=recipe.train.cpu), data.train,
+                                           blocks_read=union))
+    except teachers.TeacherRefused as exc:
+        raise UserError(str(exc)) from None
     print(f"teacher outputs: {'computed into' if teacher.rebuilt else 'reusing'} {teacher.path}")
 
 
@@ -125,8 +146,10 @@ def _run_all(comparison: Plan, jobs: int) -> dict[str, dict[str, Any]]:
     print(f"runs: {len(runs)} ({len(comparison.variants)} variants x "
           f"{len(comparison.seeds)} seeds; {sum(done)} already finished), {jobs} at a time; "
           "logs in variants/<name>/seed-<s>/log.txt")
-    if not all(done) and runs[0].recipe.teacher.kind == "cached":
-        _fill_cache(runs[0].recipe)
+    # (a cache under each run's own output_dir, `cache_dir: run`, is filled by each run)
+    cached = runs[0].recipe.teacher
+    if not all(done) and cached.kind == "cached" and cached.cached.cache_dir != "run":
+        _fill_cache([run.recipe for i, run in enumerate(runs) if not done[i]])
     queue = [Job(f"run {i + 1} of {len(runs)}: {run.label}", run.label,
                  run.directory / "metrics.jsonl", run.recipe.train.max_steps, done[i])
              for i, run in enumerate(runs)]

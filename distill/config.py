@@ -166,9 +166,14 @@ class CachedTeacherConfig:
     """The `hf` teacher's top-k outputs, computed once and read back from disk."""
 
     top_k: int = field(default=64, metadata=meta(
-        "Teacher log-probabilities kept per position (plus the tail mass).", min=1))
+        "Teacher log-probabilities kept per position (plus the tail mass); the cache takes "
+        "about block_size x (8 x top_k + 4) bytes per block (docs/teacher-cache.md).", min=1))
     cache_dir: str | None = field(default=None, metadata=meta(
-        "Where caches live; null means `<data cache>/teacher-outputs`."))
+        "Where caches live: a directory; `run` for `<output_dir>/teacher_cache` (deleted "
+        "with the run, not shared with other runs); null means "
+        "`<data cache>/teacher-outputs`, shared by every run over the same teacher and data "
+        "(compare's variants and seeds too). Only the blocks a run reads are computed; a "
+        "later run adds the ones it lacks."))
     batch_size: int = field(default=16, metadata=meta(
         "Sequences per teacher forward while filling the cache.", min=1))
 

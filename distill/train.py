@@ -21,7 +21,7 @@ import torch
 
 import losses
 import students
-from distill.build import build_models, write_init_report
+from distill.build import blocks_read, build_models, unused_teacher_reason, write_init_report
 from distill.checkpoint import (complete_checkpoints, last_complete, load_latest_checkpoint,
                                remove_leftovers, require_checkpoint, save_checkpoint,
                                writes_to)
@@ -42,7 +42,8 @@ from distill.rollout import Rollouts
 from distill.run_plot import write_run_plot
 from distill.steps import DrawnStep, draws_ahead, draw_step
 from distill.summary import print_startup_summary, run_summary
-from teachers import LMWithObjective, MicroBatch, Placement, Teacher, TeacherUnavailable
+from teachers import (LMWithObjective, MicroBatch, Placement, Teacher, TeacherRefused,
+                      TeacherUnavailable)
 
 
 @dataclass
@@ -108,12 +109,16 @@ def _optimizer_and_schedule(model, lr: float, train):
 
 def forward_backward(accelerator, student, teacher: TeacherPrefetch,
                      micro_batches: list[MicroBatch],
-                     following: MicroBatch | None = None) -> tuple[dict, dict]:
+                     following: MicroBatch | None = None,
+                     soft_targets: bool = True) -> tuple[dict, dict]:
     """Forward and backward over one optimizer step's micro-batches; gradients accumulate
     in the modules. The teacher's outputs come through ``teacher`` (a prefetcher: it starts
     each next micro-batch's, ``following`` being the next step's first, before the
     student's pass on this one; a teacher that trains learns inside that call). Returns
-    this process's share of each logged term, and the step's scheduled scalars."""
+    this process's share of each logged term, and the step's scheduled scalars. With
+    ``soft_targets`` false (the loss weights them by 0 throughout) the teacher still runs
+    (a teacher that trains learns there) but the student's loss gets no teacher outputs,
+    so it computes no soft term it would multiply by 0."""
     # accelerate's backward divides by gradient_accumulation_steps and DDP averages over
     # processes; the loss is already a sum over the step's tokens divided by the step's
     # token count, so undo both to get exactly that gradient.
@@ -124,8 +129,8 @@ def forward_backward(accelerator, student, teacher: TeacherPrefetch,
         with accelerator.accumulate(student), accelerator.autocast():
             teacher_out = teacher.get(mb)
             teacher.submit(next_mb)
-            out, _ = student(mb.input_ids, mb.labels, teacher_out, mb.step, mb.step_tokens,
-                             generated=mb.generated)
+            out, _ = student(mb.input_ids, mb.labels, teacher_out if soft_targets else None,
+                             mb.step, mb.step_tokens, generated=mb.generated)
             accelerator.backward(out.total * loss_scale)
         for name, value in out.terms.items():
             sums[name] = sums[name] + value
@@ -232,7 +237,7 @@ def _train(recipe: Recipe, resume: bool) -> RunResult:
         data = prepare_data(recipe.data, load_corpus(recipe.data), recipe.trust_remote_code,
                             verbose=main)
     models = build_models(recipe, data.tokenizer, lambda model, lr: _optimizer_and_schedule(
-        model, lr, train), cache_root(recipe.data))
+        model, lr, train), cache_root(recipe.data), announce=main)
     teacher = models.teacher
     fused = _use_fused(recipe.loss.fused, models.student)
     aux = recipe.loss.router_aux_weight
@@ -250,8 +255,15 @@ def _train(recipe: Recipe, resume: bool) -> RunResult:
     # ---- prepare: the student on accelerate, then the teacher (placed, cache filled, or
     # its own module and optimizer prepared), then the prefetcher and the data order
     student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
-    teacher.prepare(Placement(accelerator, data.train, hidden=fused, student_outputs=lambda ids:
-                              student(ids, None, None, 0, 1, outputs_only=True)[1]))
+    try:  # a cache computes only the blocks this run reads (all steps, all processes)
+        teacher.prepare(Placement(
+            accelerator, data.train, hidden=fused,
+            student_outputs=lambda ids: student(ids, None, None, 0, 1, outputs_only=True)[1],
+            blocks_read=lambda: blocks_read(len(data.train), train, recipe.seed,
+                                            accelerator.num_processes)))
+    except TeacherRefused as exc:
+        raise UserError(str(exc)) from None
+    soft_targets = unused_teacher_reason(recipe) is None
     prefetch = TeacherPrefetch(teacher, _use_prefetch(recipe.teacher.prefetch, teacher,
                                                       accelerator.device),
                                context=accelerator.autocast, device=accelerator.device)
@@ -316,7 +328,8 @@ def _train(recipe: Recipe, resume: bool) -> RunResult:
                              rollouts, student_lm) \
             if draws_ahead(prefetch, rollouts, step + 1, train.max_steps, step_rows) else None
         sums, scalars = forward_backward(accelerator, student, prefetch, micro_batches,
-                                         upcoming.micro_batches[0] if upcoming else None)
+                                         upcoming.micro_batches[0] if upcoming else None,
+                                         soft_targets)
         # Terms are per-process shares of the step mean: sum them across processes.
         terms = losses.finish_step_terms(
             {k: float(accelerator.reduce(v.to(accelerator.device), "sum"))

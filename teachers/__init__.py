@@ -1,7 +1,8 @@
 """Teachers: where the soft targets come from. Knows nothing of the training loop.
 
 Public interface: ``Teacher`` (the contract, ``teachers.base``), ``MicroBatch``,
-``TeacherSetup``, ``Placement``, ``TEACHERS`` (kind name -> :class:`TeacherKind`),
+``TeacherSetup``, ``Placement``, ``TeacherRefused`` (what ``prepare`` raises when a
+setting stops it), ``TEACHERS`` (kind name -> :class:`TeacherKind`),
 ``build`` and ``check``; ``lm_outputs`` and ``LMWithObjective`` (``teachers.forward``),
 shared with the student; ``TeacherUnavailable``, what a served teacher raises when its
 server stops answering mid-run (the loop turns it into a clean stop).
@@ -13,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from teachers import cached, codistill, hf, served
-from teachers.base import MicroBatch, NoTeacher, Placement, Teacher, TeacherSetup
+from teachers.base import (MicroBatch, NoTeacher, Placement, Teacher, TeacherRefused,
+                           TeacherSetup)
 from teachers.cached import CachedTeacher
 from teachers.codistill import CodistillTeacher
 from teachers.forward import LMWithObjective, lm_outputs
@@ -23,7 +25,7 @@ from teachers.served import ServedTeacher
 
 __all__ = ["TEACHERS", "CachedTeacher", "CodistillTeacher", "HFTeacher", "LMWithObjective",
            "MicroBatch", "NoTeacher", "Placement", "ServedTeacher", "Teacher", "TeacherKind",
-           "TeacherSetup", "TeacherUnavailable", "build", "check", "lm_outputs"]
+           "TeacherRefused", "TeacherSetup", "TeacherUnavailable", "build", "check", "lm_outputs"]
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,7 @@ class TeacherSetup:
     tokenizer: Any = None            # the data's tokenizer (a served teacher checks its own)
     block_size: int | None = None    # tokens per training sequence (a served teacher checks
     #                                  that the server's context holds them)
+    output_dir: Path | None = None   # the run's directory (a cache may live under it)
 
 
 @dataclass
@@ -84,12 +85,21 @@ class Placement:
     """What ``prepare`` gets: the accelerator, the training blocks (a cache is filled over
     them), whether the loss takes hidden states (``hidden``: answer with
     :class:`~losses.outputs.HiddenStates` where the model has a plain head), and the
-    student's own outputs for a batch of input ids, without gradients (mutual learning)."""
+    student's own outputs for a batch of input ids, without gradients (mutual learning),
+    and ``blocks_read``: the rows of ``train_blocks`` the run will read, each once, in the
+    order it first reads them (all micro-batches of all steps and processes); a callable,
+    since only a teacher that precomputes (a cache) needs it. None: every block."""
 
     accelerator: Any
     train_blocks: Tensor                                   # (blocks, block_size + 1)
     hidden: bool = False
     student_outputs: Callable[[Tensor], ModelOutput] | None = None
+    blocks_read: Callable[[], Tensor] | None = None       # () -> (n,) int64 block rows
+
+
+class TeacherRefused(ValueError):
+    """``prepare`` cannot go on because of a setting its message names (e.g. a cache the
+    disk cannot hold): the run stops before any work, as for a bad recipe."""
 
 
 class Teacher(abc.ABC):
@@ -145,9 +155,16 @@ class Teacher(abc.ABC):
 
 
 class NoTeacher(Teacher):
-    """``kind: none``: hard targets only (pretraining a teacher, or a baseline)."""
+    """``kind: none``: hard targets only (pretraining a teacher, or a baseline); also what a
+    run builds instead of a teacher whose outputs it would weight by 0 throughout
+    (``reason`` says so)."""
+
+    def __init__(self, reason: str | None = None) -> None:
+        self.reason = reason
 
     def describe(self) -> str:
+        if self.reason:
+            return f"none: trained on the data's next tokens alone ({self.reason})"
         return "none: trained on the data's next tokens alone"
 
     def outputs(self, batch: MicroBatch) -> None:

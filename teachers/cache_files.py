@@ -1,10 +1,13 @@
 """The teacher cache's array files: their layout, their checksums, and the checks that a
-cache still holds what its fill wrote before any run trains on it.
+cache shard still holds what its fill wrote before any run trains on it.
 
-Every open (``open_checked``) checks, in this order:
+A shard is one directory of rows (``teachers.cached`` describes the whole cache): the
+arrays below plus ``blocks.npy``, the training block each row holds. Every open
+(``open_checked``) checks, in this order:
 
 * each array file's size against the size meta.json recorded (truncated or extended);
-* the arrays' shapes against the cache's blocks, block length and k;
+* the arrays' shapes against the shard's rows, block length and k;
+* ``blocks.npy``: each block id within [0, blocks of the training data) and none twice;
 * the content, chunk by chunk over the memory maps (about 64 MiB at a time): every token id
   within [0, vocab_limit); every log-probability finite and <= 0; every log tail mass <= 0
   or -inf; and at every position the top-k probabilities plus the tail summing to 1 (to
@@ -17,7 +20,7 @@ Every open (``open_checked``) checks, in this order:
 Cost: the whole pass (content checks and sha256 in one read of the files) runs at about
 1 GB/s on one core when the files are in the page cache (0.54 GB in 0.4-0.7 s, measured on
 a loaded 2-core machine), at disk speed when they are not. A cache whose array files total
-at most ``FULL_CHECK_BYTES`` (1 GiB) gets it on every open (about a second at the limit).
+(over all its shards) at most ``FULL_CHECK_BYTES`` (1 GiB) gets it on every open (about a second at the limit).
 A larger one (a real run's cache can be 100 GB: minutes per pass) gets it when a process
 first sees its files as they are now: right after the fill (the read-back) and after
 anything wrote, copied or replaced a file. A passing whole pass is recorded in
@@ -49,13 +52,27 @@ _MASS_SLACK = 1e-3            # float32 top-k + tail sums stay within 1e-5 of lo
 _VERIFIED = "verified.json"
 
 
+OUTPUTS = ("log_probs", "indices", "log_tail")  # the teacher's outputs, row by row
+BLOCKS = "blocks"                                # the training block of each row
+
+
 def layout(meta: dict) -> dict[str, tuple[type, tuple[int, ...]]]:
-    """Array name -> (dtype, shape) of a cache described by ``meta``."""
-    blocks, length = meta["shape"]
-    k = meta["top_k"]
-    return {"log_probs": (np.float32, (blocks, length, k)),
-            "indices": (np.int32, (blocks, length, k)),
-            "log_tail": (np.float32, (blocks, length))}
+    """Array name -> (dtype, shape) of a shard described by ``meta`` (its ``rows``; the
+    block length of the cache's ``shape``; ``top_k``)."""
+    rows, (_, length), k = meta["rows"], meta["shape"], meta["top_k"]
+    return {"log_probs": (np.float32, (rows, length, k)),
+            "indices": (np.int32, (rows, length, k)),
+            "log_tail": (np.float32, (rows, length)),
+            BLOCKS: (np.int64, (rows,))}
+
+
+def bytes_per_block(block_size: int, top_k: int) -> int:
+    """Disk bytes one block takes in a cache: float32 log-probabilities and int32 ids at
+    each position (8 bytes x k), a float32 log tail (4 bytes), and its int64 block id."""
+    return block_size * top_k * 8 + block_size * 4 + 8
+
+
+HEADER_BYTES = 4 * 128 + 4096  # per shard: a .npy header per array, meta.json (about)
 
 
 class Digests:
@@ -110,9 +127,22 @@ def content_problem(log_probs: np.ndarray, indices: np.ndarray, log_tail: np.nda
     return None
 
 
-def open_checked(directory: Path, meta: dict) -> tuple[dict[str, np.memmap] | None, str | None]:
-    """The cache's arrays mapped read-only and None, or None and what failed its checks.
-    ``meta`` is the cache's meta.json, already matched against the expected fingerprints."""
+def blocks_problem(blocks: np.ndarray, num_blocks: int) -> str | None:
+    """What is wrong with a shard's block ids, or None."""
+    outside = (blocks < 0) | (blocks >= num_blocks)
+    if outside.any():
+        return f"blocks.npy: block {blocks[outside][0]} outside [0, {num_blocks})"
+    if len(np.unique(blocks)) != len(blocks):
+        return "blocks.npy: a block listed twice"
+    return None
+
+
+def open_checked(directory: Path, meta: dict, cache_bytes: int | None = None
+                 ) -> tuple[dict[str, np.memmap] | None, str | None]:
+    """The shard's arrays mapped read-only and None, or None and what failed its checks.
+    ``meta`` is the shard's meta.json, already matched against the expected fingerprints;
+    ``cache_bytes``: the array bytes of the whole cache, which decide between the whole
+    and the sampled pass (None: this shard's own)."""
     records = meta.get("files")
     expected = layout(meta)
     if not _well_formed(records, {f"{name}.npy" for name in expected}):
@@ -135,7 +165,11 @@ def open_checked(directory: Path, meta: dict) -> tuple[dict[str, np.memmap] | No
         stats = {name: _stat(directory / name) for name in sorted(records) + ["meta.json"]}
     except OSError as error:  # removed while being opened
         return None, f"unreadable ({error})"
+    problem = blocks_problem(np.asarray(arrays[BLOCKS]), meta["shape"][0])
+    if problem:  # small (8 bytes a row): read whole on every open
+        return None, problem
     total = sum(record["bytes"] for record in records.values())
+    total = total if cache_bytes is None else cache_bytes
     if total > FULL_CHECK_BYTES and _read_verified(directory) == stats:
         return arrays, _sampled_pass(arrays, meta["vocab_limit"])
     problem = _whole_pass(arrays, meta["vocab_limit"], records)
@@ -174,6 +208,8 @@ def _sampled_pass(arrays: dict[str, np.memmap], vocab_limit: int) -> str | None:
     """Content-check SAMPLE_BLOCKS evenly spaced blocks from a random offset, so that
     repeated opens cover different blocks."""
     blocks = arrays["indices"].shape[0]
+    if blocks == 0:
+        return None
     stride = max(1, blocks // SAMPLE_BLOCKS)
     picks = np.arange(np.random.default_rng().integers(stride), blocks, stride)[:SAMPLE_BLOCKS]
     rows = {name: a[picks] for name, a in arrays.items()}

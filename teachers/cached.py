@@ -1,28 +1,30 @@
 """A frozen teacher's outputs computed once and read back from disk.
 
-For every training block the teacher's top-k log-probabilities, their token ids and the log
-of the remaining (tail) mass are stored as memory-mapped ``.npy`` arrays:
+For each training block the run reads, the teacher's top-k log-probabilities, their token
+ids and the log of the remaining (tail) mass are stored as memory-mapped ``.npy`` arrays,
+in append-only shards under one directory per teacher and data
+(``teachers.cache_shards``: the layout):
 
-    <cache_dir>/<key>/log_probs.npy   float32 (blocks, block_size, k)
-    <cache_dir>/<key>/indices.npy     int32   (blocks, block_size, k)
-    <cache_dir>/<key>/log_tail.npy    float32 (blocks, block_size)
-    <cache_dir>/<key>/meta.json       fingerprints, shapes; written last
+    <cache_dir>/<key>/shard-<id>/{log_probs,indices,log_tail,blocks}.npy, meta.json
 
 The key hashes the teacher's fingerprint (its config and weight files), the data's (the
 packed training tokens), k, the dtype and the vocabulary limit, so any later run over the
-same teacher and data reuses the cache, and a changed teacher or corpus gets a new one. On
-every use the meta file is checked against the expected fingerprints, and the arrays
-against the sizes and sha256 checksums it recorded and for valid content
-(``teachers.cache_files``); a cache that fails is rebuilt, saying why, never used.
+same teacher and data reuses the cache, and a changed teacher or corpus gets a new one.
+
+Only the blocks the run will read are computed (``Placement.blocks_read``: every
+micro-batch of every step of every process, in the run's data order); a later run that
+reads blocks the cache lacks (more steps, another seed) computes those alone and adds a
+shard. Before it writes, the fill says where, how many blocks and how many bytes, and is
+refused when the disk cannot hold them. On every use each shard's meta.json is checked
+against the expected fingerprints, and its arrays against the sizes and sha256 checksums
+it recorded and for valid content (``teachers.cache_files``); a shard that fails is
+removed, saying why, and its blocks computed again, never used.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +32,11 @@ import torch
 
 import students
 from losses.outputs import TopK
-from teachers import cache_files
-from teachers.base import MicroBatch, Placement, Teacher, TeacherSetup
+from teachers import cache_files, cache_shards
+from teachers.base import MicroBatch, Placement, Teacher, TeacherRefused, TeacherSetup
 from teachers.hf import HFTeacher
 
-CACHE_VERSION = 2  # 2: meta.json records each array file's size and sha256
+CACHE_VERSION = 3  # 2: meta.json records sizes and sha256; 3: shards of the blocks read
 _SMALL_FILE = 1 << 30  # weight files up to 1 GiB are hashed whole; larger ones sampled
 
 
@@ -64,10 +66,30 @@ def teacher_fingerprint(name_or_path: str, config) -> str:
     return digest.hexdigest()
 
 
-def data_fingerprint(train_blocks: torch.Tensor) -> str:
+_HASH_CHUNK_BYTES = 64 << 20  # rows hashed at a time: a memory-mapped corpus stays on disk
+
+
+def data_fingerprint(train_blocks: torch.Tensor | np.ndarray) -> str:
+    """sha256 of the blocks' shape and their bytes in row order, read in chunks of about
+    64 MiB (the digest of the whole array's bytes, in bounded memory)."""
     digest = hashlib.sha256(str(tuple(train_blocks.shape)).encode())
-    digest.update(train_blocks.contiguous().numpy().tobytes())
+    row_bytes = max(1, train_blocks[:1].numel() * train_blocks.element_size()
+                    if isinstance(train_blocks, torch.Tensor) else train_blocks[:1].nbytes)
+    step = max(1, _HASH_CHUNK_BYTES // row_bytes)
+    for start in range(0, int(train_blocks.shape[0]), step):
+        digest.update(np.ascontiguousarray(_as_numpy(train_blocks[start:start + step])))
     return digest.hexdigest()
+
+
+def _as_numpy(rows: torch.Tensor | np.ndarray) -> np.ndarray:
+    return rows.numpy() if isinstance(rows, torch.Tensor) else np.asarray(rows)
+
+
+def _take(train_blocks: torch.Tensor | np.ndarray, rows: np.ndarray) -> torch.Tensor:
+    """Rows of the training blocks as an int64 tensor (a model's input ids)."""
+    if isinstance(train_blocks, torch.Tensor):
+        return train_blocks[torch.from_numpy(rows)].long()
+    return torch.from_numpy(np.asarray(train_blocks[rows])).long()
 
 
 class CachedTeacher(Teacher):
@@ -95,9 +117,14 @@ class CachedTeacher(Teacher):
         self._load = lambda: HFTeacher(name_or_path, vocab_rows, dtype, device_map,
                                        efficient_moe=efficient_moe,
                                        trust_remote_code=trust_remote_code)
-        self.path: Path | None = None
-        self.rebuilt = False  # whether this run filled the cache (for logs and tests)
-        self._arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self.path: Path | None = None   # the cache of this teacher and data (its key)
+        self.rebuilt = False  # whether this run computed any blocks (for logs and tests)
+        self.computed_blocks = 0  # how many
+        self._problems: list[str] = []  # what the last open found wrong with a shard
+        # block -> (index into _shard_list, row), -1: not in the cache
+        self._shard_list: list[cache_shards.Shard] = []
+        self._where: np.ndarray = np.zeros(0, dtype=np.int32)
+        self._row: np.ndarray = np.zeros(0, dtype=np.int64)
         self.device: torch.device | None = None
 
     def describe(self) -> str:
@@ -116,84 +143,140 @@ class CachedTeacher(Teacher):
                 "shape": [int(train_blocks.shape[0]), int(train_blocks.shape[1]) - 1]}
 
     def prepare(self, placement: Placement) -> None:
-        """Open the cache for these blocks, filling it first when it is absent or stale."""
+        """Open the cache, first computing (on the main process) the blocks the run reads
+        that it lacks; the other processes open it after the main one."""
         accelerator, train_blocks = placement.accelerator, placement.train_blocks
         self.device = accelerator.device
         expected = self._expected_meta(train_blocks)
         key = hashlib.sha256(json.dumps(expected, sort_keys=True).encode()).hexdigest()[:20]
         self.path = self.cache_root / key
-        with accelerator.main_process_first():  # the main process fills, the others read
-            problem = self._open(expected)
-            if problem:
-                if accelerator.is_main_process:
-                    if self.path.exists():  # a cache is there but unusable: say why
-                        print(f"teacher cache {self.path} failed its check ({problem}); "
-                              "rebuilding it")
+        num_blocks = int(train_blocks.shape[0])
+        needed = np.arange(num_blocks) if placement.blocks_read is None \
+            else np.asarray(placement.blocks_read(), dtype=np.int64)
+        with accelerator.main_process_first():
+            if accelerator.is_main_process:
+                self._open(expected, announce=True)
+                missing = needed[self._where[needed] < 0]  # in the run's order
+                self._report(len(needed), num_blocks, len(missing), int(train_blocks.shape[1]) - 1)
+                if len(missing):
                     teacher = self._load()
                     teacher.prepare(Placement(accelerator, train_blocks))
-                    self._fill(teacher, train_blocks, expected)
-                    self.rebuilt = True  # the teacher goes: the cache is all later steps need
-                problem = self._open(expected)  # after a fill: the read-back
-                if problem:
-                    raise RuntimeError(f"teacher cache {self.path} could not be read back "
-                                       f"({problem})")
+                    self._fill(teacher, train_blocks, missing, expected)
+                    self.rebuilt, self.computed_blocks = True, len(missing)
+            else:
+                self._open(expected, announce=False)
+        absent = needed[self._where[needed] < 0]
+        if len(absent):  # after a fill: the read-back failed for some shard
+            raise RuntimeError(f"teacher cache {self.path} could not be read back: "
+                               f"{len(absent)} of the run's blocks are missing "
+                               f"({'; '.join(self._problems) or 'no shard holds them'})")
 
-    def _open(self, expected: dict) -> str | None:
-        """Map the arrays if meta.json matches ``expected`` and the arrays pass their
-        checks; else what failed."""
-        try:
-            meta = json.loads((self.path / "meta.json").read_text())
-        except (OSError, ValueError):
-            return "meta.json missing or unreadable"
-        if not isinstance(meta, dict) or {k: v for k, v in meta.items() if k != "files"} \
-                != expected:
-            return "meta.json is for another teacher, data or cache version"
-        arrays, problem = cache_files.open_checked(self.path, meta)
-        if arrays is not None:
-            self._arrays = (arrays["log_probs"], arrays["indices"], arrays["log_tail"])
-        return problem
+    def _open(self, expected: dict, announce: bool) -> None:
+        """Map every shard that passes its checks (those already mapped are kept) and
+        index its blocks; a shard that fails is removed (by the main process, saying why)
+        and its blocks count as missing."""
+        shards, broken = cache_shards.open_all(self.path, expected)
+        self._problems = [f"{path.name}: {problem}" for path, problem in broken]
+        for path, problem in broken:
+            if announce:
+                print(f"teacher cache {path} failed its check ({problem}); removing it: its "
+                      "blocks are computed again")
+                cache_shards.remove(path)
+        num_blocks = expected["shape"][0]
+        self._shard_list = shards
+        self._where = np.full(num_blocks, -1, dtype=np.int32)
+        self._row = np.zeros(num_blocks, dtype=np.int64)
+        for number, shard in enumerate(shards):
+            blocks = shard.blocks
+            self._where[blocks] = number
+            self._row[blocks] = np.arange(len(blocks))
+
+    def _report(self, reads: int, total: int, missing: int, block_size: int) -> None:
+        """What the cache holds for this run, and what a fill will write: one line."""
+        if not missing:
+            print(f"teacher cache: {self.path}: all {reads} blocks this run reads are there "
+                  f"({int((self._where >= 0).sum())} of {total} cached): nothing to compute")
+            return
+        size = missing * cache_files.bytes_per_block(block_size, self.top_k) \
+            + cache_files.HEADER_BYTES * -(-missing // cache_shards.shard_rows(
+                block_size, self.top_k, self.batch_size))
+        print(f"teacher cache: {self.path}: computing the teacher's top-{self.top_k} outputs "
+              f"for {missing} of {total} training blocks (the run reads {reads}; "
+              f"{reads - missing} already cached): {cache_shards.human(size)} to write")
+        free = cache_shards.free_bytes(self.cache_root)
+        if free < size + cache_shards.DISK_MARGIN:
+            raise TeacherRefused(
+                f"teacher.cached.cache_dir: the teacher cache needs "
+                f"{cache_shards.human(size)} (plus {cache_shards.human(cache_shards.DISK_MARGIN)}"
+                f" kept free) at {self.cache_root}, but that disk has "
+                f"{cache_shards.human(free)} free. Point teacher.cached.cache_dir at a disk "
+                "with room, free space, or need less: fewer train.max_steps (only the blocks "
+                "the run reads are computed) or a smaller teacher.cached.top_k.")
 
     @torch.no_grad()
-    def _fill(self, teacher: HFTeacher, train_blocks: torch.Tensor, meta: dict) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
-        self.cache_root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=self.cache_root, prefix=".staging-"))
-        arrays = {name: np.lib.format.open_memmap(staging / f"{name}.npy", "w+", dtype, shape)
-                  for name, (dtype, shape) in cache_files.layout(meta).items()}
-        digests = cache_files.Digests(arrays)
-        for start in range(0, meta["shape"][0], self.batch_size):
-            rows = slice(start, start + self.batch_size)
-            logits = teacher.answer(train_blocks[rows, :-1], hidden=False).logits  # (b, s, V)
-            sparse = TopK.from_logits(logits, meta["top_k"])
-            for name in arrays:
-                arrays[name][rows] = getattr(sparse, name).cpu().numpy()
-            digests.update({name: array[rows] for name, array in arrays.items()})
-        for array in arrays.values():
-            array.flush()
-        files = cache_files.file_records(staging, digests)
-        (staging / "meta.json").write_text(json.dumps({**meta, "files": files}, sort_keys=True))
-        try:
-            os.replace(staging, self.path)
-        except OSError:
-            # Another process (a parallel run over the same teacher and data) renamed its
-            # fill into place first: its copy holds the same outputs, and the read-back
-            # that follows checks it. Ours goes.
-            shutil.rmtree(staging, ignore_errors=True)
-            if not self.path.is_dir():
-                raise
+    def _fill(self, teacher: HFTeacher, train_blocks, missing: np.ndarray,
+              expected: dict) -> None:
+        """Compute ``missing`` (block ids, in the run's order) into new shards, under a
+        progress bar, then map them."""
+        from tqdm.auto import tqdm
+
+        k = expected["top_k"]
+
+        def compute(rows: np.ndarray) -> dict[str, np.ndarray]:
+            logits = teacher.answer(_take(train_blocks, rows)[:, :-1], hidden=False).logits
+            sparse = TopK.from_logits(logits, k)  # (b, s, V) -> (b, s, k) and (b, s)
+            return {name: getattr(sparse, name).cpu().numpy() for name in cache_files.OUTPUTS}
+
+        per_shard = cache_shards.shard_rows(expected["shape"][1], k, self.batch_size)
+        with tqdm(total=len(missing), unit="block", desc="teacher cache") as bar:
+            for start in range(0, len(missing), per_shard):
+                cache_shards.write(self.path, expected, missing[start:start + per_shard],
+                                   compute, self.batch_size, bar.update)
+        self._open(expected, announce=True)  # the read-back: every shard checked again
 
     def outputs(self, batch: MicroBatch) -> TopK:
-        rows = batch.block_indices.cpu().numpy()
-        log_probs, indices, log_tail = (torch.from_numpy(np.ascontiguousarray(a[rows]))
-                                        for a in self._arrays)
-        return TopK(log_probs.to(self.device), indices.long().to(self.device),
-                    log_tail.to(self.device))
+        blocks = batch.block_indices.cpu().numpy()
+        where = self._where[blocks]
+        if (where < 0).any():  # the cache was filled for the blocks the run was planned to read
+            raise RuntimeError(f"teacher cache {self.path} holds no outputs for training block "
+                               f"{blocks[where < 0][0]}, which this run reads")
+        first = self._shard_list[0].arrays
+        length, k = first["log_probs"].shape[1:]
+        log_probs = np.empty((len(blocks), length, k), dtype=np.float32)
+        indices = np.empty((len(blocks), length, k), dtype=np.int32)
+        log_tail = np.empty((len(blocks), length), dtype=np.float32)
+        for number in np.unique(where):
+            chosen = where == number
+            rows = self._row[blocks[chosen]]
+            arrays = self._shard_list[number].arrays
+            log_probs[chosen] = arrays["log_probs"][rows]
+            indices[chosen] = arrays["indices"][rows]
+            log_tail[chosen] = arrays["log_tail"][rows]
+        return TopK(torch.from_numpy(log_probs).to(self.device),
+                    torch.from_numpy(indices).long().to(self.device),
+                    torch.from_numpy(log_tail).to(self.device))
+
+
+RUN_CACHE = "run"              # teacher.cached.cache_dir: run -> <output_dir>/teacher_cache
+RUN_CACHE_DIR = "teacher_cache"
+
+
+def cache_directory(cache_dir: str | None, cache_root: Path, output_dir: Path | None) -> Path:
+    """Where the caches live: ``cache_dir``; ``run``: under the run's output directory;
+    null: ``<data cache>/teacher-outputs``, shared by every run (compare's variants too)."""
+    if cache_dir == RUN_CACHE:
+        if output_dir is None:
+            raise ValueError("teacher.cached.cache_dir: 'run' puts the cache under the run's "
+                             "output_dir, and this use of the teacher has none.")
+        return Path(output_dir) / RUN_CACHE_DIR
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    return Path(cache_root) / "teacher-outputs"
 
 
 def build(cfg, setup: TeacherSetup) -> CachedTeacher:
     hf, cached = cfg.hf, cfg.cached
-    root = Path(cached.cache_dir) if cached.cache_dir \
-        else Path(setup.cache_root) / "teacher-outputs"
+    root = cache_directory(cached.cache_dir, setup.cache_root, setup.output_dir)
     return CachedTeacher(hf.name_or_path, cached.top_k, root, cached.batch_size,
                          setup.vocab_rows, hf.dtype, hf.device_map, setup.efficient_moe,
                          students.sources.is_trusted(hf.name_or_path, setup.trust_remote_code))

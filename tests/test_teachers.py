@@ -44,8 +44,9 @@ def test_cached_teacher_is_filled_once_reused_and_equals_the_live_teacher(
     assert _val_losses(tmp_path / "cached") == pytest.approx(_val_losses(tmp_path / "live"),
                                                              rel=1e-4)
     caches = [p for p in (tmp_path / "teacher-cache").iterdir() if not p.name.startswith(".")]
-    assert len(caches) == 1 and (caches[0] / "meta.json").is_file()
-    log_probs = np.load(caches[0] / "log_probs.npy", mmap_mode="r")
+    (shard,) = caches[0].glob("shard-*")
+    assert len(caches) == 1 and (shard / "meta.json").is_file()
+    log_probs = np.load(shard / "log_probs.npy", mmap_mode="r")
     assert log_probs.shape[-1] == 512
 
     def must_not_fill(self, *args):
@@ -78,20 +79,22 @@ def test_two_runs_filling_one_cache_at_once_both_train(finished_run: Path, tmp_p
               "data.tokenizer": teacher_dir, "teacher.cached.cache_dir": str(tmp_path / "tc")}
     run(_recipe(tmp_path / "first", cache_dir, **common))
     cache = next(p for p in (tmp_path / "tc").iterdir() if not p.name.startswith("."))
+    (shard,) = cache.glob("shard-*")  # the same blocks make the same shard name
     finished = tmp_path / "finished-elsewhere"
-    shutil.copytree(cache, finished)
+    shutil.copytree(shard, finished)
     shutil.rmtree(cache)  # the second run starts while the cache is absent...
-    real_replace = cached_module.os.replace
+    real_replace = cached_module.cache_shards.os.replace
 
     def other_process_finishes_first(source, target):
-        if Path(target) == cache:  # (os.replace is the os module's: leave other renames be)
+        if Path(target) == shard:  # (os.replace is the os module's: leave other renames be)
             shutil.copytree(finished, target)  # ...and the other process renames first
         return real_replace(source, target)
 
-    monkeypatch.setattr(cached_module.os, "replace", other_process_finishes_first)
+    monkeypatch.setattr(cached_module.cache_shards.os, "replace", other_process_finishes_first)
     run(_recipe(tmp_path / "second", cache_dir, **common))
     assert _val_losses(tmp_path / "second") == _val_losses(tmp_path / "first")
-    assert [p.name for p in (tmp_path / "tc").iterdir()] == [cache.name]  # no staging left
+    assert [p.name for p in (tmp_path / "tc").iterdir()] == [cache.name]
+    assert [p.name for p in cache.iterdir()] == [shard.name]  # no staging left
 
 
 def test_a_student_initialised_from_a_cached_teacher_loads_its_weights(
@@ -134,7 +137,7 @@ def test_stale_or_corrupt_cache_is_rebuilt(finished_run: Path, tmp_path: Path, c
     assert first.rebuilt
     assert not _cache_teacher(recipe).rebuilt
     # corrupt: a truncated array is detected and the cache filled again
-    array = first.path / "log_probs.npy"
+    array = _shard(first) / "log_probs.npy"
     array.write_bytes(array.read_bytes()[: array.stat().st_size // 2])
     assert _cache_teacher(recipe).rebuilt
     # stale: new teacher weights at the same path give a different fingerprint
@@ -143,6 +146,12 @@ def test_stale_or_corrupt_cache_is_rebuilt(finished_run: Path, tmp_path: Path, c
     model.save_pretrained(teacher_dir)
     changed = _cache_teacher(recipe)
     assert changed.rebuilt and changed.path != first.path
+
+
+def _shard(teacher: CachedTeacher) -> Path:
+    """The one shard of a cache filled in one go."""
+    (shard,) = teacher.path.glob("shard-*")
+    return shard
 
 
 def _cache_teacher(recipe) -> CachedTeacher:
@@ -159,7 +168,7 @@ def _cache_teacher(recipe) -> CachedTeacher:
     return teacher
 
 
-ARRAYS = ("log_probs", "indices", "log_tail")
+ARRAYS = ("log_probs", "indices", "log_tail", "blocks")
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +187,7 @@ def filled_cache(finished_run: Path, cache_dir: Path, tmp_path_factory):
         shutil.copytree(root / "cache", tmp_path / "cache")
         recipe = _recipe(tmp_path / "run", cache_dir, **common,
                          **{"teacher.cached.cache_dir": str(tmp_path / "cache")})
-        (path,) = [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]
+        (path,) = (tmp_path / "cache").glob("*/shard-*")  # one fill: one shard
         return recipe, path
 
     return copy_for
@@ -196,18 +205,20 @@ def _rewrite(path: Path, name: str, rows, values) -> None:
 
 
 def _swap_first_two_blocks(path: Path) -> None:
-    """Blocks 0 and 1 trade places in every array: each row is still a valid distribution,
-    but block 0 would be trained on block 1's targets."""
-    for name in ARRAYS:
+    """Rows 0 and 1 trade places in every output array (blocks.npy still says which block
+    each row is): each row is still a valid distribution, but its block would be trained
+    on the other's targets."""
+    for name in ARRAYS[:3]:
         _rewrite(path, name, [0, 1], np.load(path / f"{name}.npy", mmap_mode="r")[[1, 0]])
 
 
 def _assert_rebuilt(teacher: CachedTeacher, first: dict, said: str, capsys) -> None:
     out = capsys.readouterr().out
+    shard = _shard(teacher)  # the same blocks again: the same shard name
     assert teacher.rebuilt
-    assert f"teacher cache {teacher.path} failed its check ({said}" in out, out
-    assert "rebuilding it" in out
-    for name, values in _arrays(teacher.path).items():
+    assert f"teacher cache {shard} failed its check ({said}" in out, out
+    assert "removing it: its blocks are computed again" in out
+    for name, values in _arrays(shard).items():
         assert np.array_equal(values, first[name]), name
 
 
