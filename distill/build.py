@@ -13,36 +13,11 @@ import torch
 
 import students
 import teachers
-from distill.config import Recipe, ScheduleConfig, TrainConfig
+from distill.config import Recipe, TrainConfig
 from distill.data import BlockOrder
 from distill.errors import UserError
+from distill.teacher_use import ANSWER_ONLY, unused_teacher_reason
 from distill.vocab import shared_vocab_rows
-
-# Kinds whose only work is to answer the student: with soft weight 0 they are not built.
-# (A codistill teacher trains a model of its own: it is built, and its outputs are not
-# handed to the student's loss; `none` has nothing to build.)
-_ANSWER_ONLY = ("hf", "cached", "served")
-
-
-def _zero_throughout(schedule: ScheduleConfig) -> bool:
-    """Whether a schedule is 0 at every step: every shape moves between its warmup start,
-    start and end (a constant one stays at its start), so all of those being 0 is exact."""
-    values = [schedule.start, schedule.warmup_start]
-    if schedule.kind != "constant":
-        values.append(schedule.end)
-    return all(not v for v in values if v is not None)
-
-
-def unused_teacher_reason(recipe: Recipe) -> str | None:
-    """Why the student's loss never reads the teacher's outputs in this run, or None when
-    it may: the soft weight is 0 at every step, no adaptive strategy reads the teacher's
-    outputs (they weight terms by them), and no on-policy rows need grading."""
-    if not _zero_throughout(recipe.loss.soft_weight):
-        return None
-    if recipe.loss.adaptive != "none" or recipe.on_policy.active():
-        return None
-    return "loss.soft_weight is 0 for the whole run"
-
 
 def blocks_read(num_blocks: int, train: TrainConfig, seed: int,
                 num_processes: int) -> torch.Tensor:
@@ -106,7 +81,7 @@ def build_models(recipe: Recipe, tokenizer, make_optimizer: Callable, cache_root
         max_grad_norm=recipe.train.max_grad_norm,
         trust_remote_code=tuple(recipe.trust_remote_code), tokenizer=tokenizer,
         block_size=recipe.data.block_size, output_dir=Path(recipe.output_dir))
-    unused = unused_teacher_reason(recipe) if recipe.teacher.kind in _ANSWER_ONLY else None
+    unused = unused_teacher_reason(recipe) if recipe.teacher.kind in ANSWER_ONLY else None
     if unused and announce:
         print(f"teacher: not built: {unused}" + (" (loaded only to initialise the student)"
               if student_cfg.init == "from_teacher" else ""))

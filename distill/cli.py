@@ -126,7 +126,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     evaluation.add_argument("target", metavar="MODEL_OR_RUN_DIR", help="a run directory "
                             "(config.yaml and student/) or a saved model directory")
     evaluation.add_argument("--teacher", help="a teacher checkpoint to compare with (KL, "
-                                              "top-1 agreement)")
+                                              "top-1 agreement) (default: a run directory's "
+                                              "own frozen teacher; none for a model)")
     evaluation.add_argument("--data", help="a recipe (its validation split, batches as its "
                                            "runs evaluate) or a file, folder or glob (every "
                                            "document of it, read as data.files reads it)")

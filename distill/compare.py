@@ -85,7 +85,8 @@ def _fill_cache(recipes: list[Recipe]) -> None:
     from accelerate import Accelerator
 
     import teachers
-    from distill.build import blocks_read, unused_teacher_reason
+    from distill.build import blocks_read
+    from distill.teacher_use import unused_teacher_reason
     from distill.corpus import load_corpus
     from distill.data import cache_root, prepare_data
 

@@ -31,7 +31,7 @@ class FinalEval:
 def evaluate_runs(plan: Plan) -> FinalEval:
     import students
     from distill.corpus import load_corpus
-    from distill.data import load_tokenizer, pack
+    from distill.data import prepare_data
     from distill.evaluation import evaluate_lm
 
     recipe = plan.runs[0].recipe  # every run shares data, tokenizer and eval batches
@@ -39,10 +39,10 @@ def evaluate_runs(plan: Plan) -> FinalEval:
     final_batches = plan.base.compare.eval_batches or train.eval_batches
     result = FinalEval(val_batches=train.eval_batches, final_batches=final_batches,
                        batch_size=train.eval_batch_size)
-    corpus = load_corpus(recipe.data)
-    tokenizer = load_tokenizer(recipe.data, corpus, recipe.trust_remote_code)
-    # the validation blocks the runs evaluated (the split does not depend on the seed)
-    blocks = pack(corpus.validation, tokenizer, recipe.data.block_size, "validation")
+    # the validation blocks the runs evaluated (the split does not depend on the seed),
+    # read from the block cache they filled
+    blocks = prepare_data(recipe.data, load_corpus(recipe.data),
+                          recipe.trust_remote_code).validation
     pretrained = recipe.teacher.pretrained()
     teacher = None
     if pretrained:

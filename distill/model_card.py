@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from distill.config import Recipe
+from distill.teacher_use import unused_teacher_reason
 
 
 def _schedule(s) -> str:
@@ -37,21 +38,13 @@ def experts_of(config) -> int:
                  if isinstance(n, int) and n > 0), 0)
 
 
-def _soft_weight_zero_throughout(recipe: Recipe) -> bool:
-    """Whether the soft weight is 0 at every step (its schedule stays between its warmup
-    start, start and end; a constant one is its start): the teacher never teaches."""
-    s = recipe.loss.soft_weight
-    values = [s.start, s.warmup_start] + ([] if s.kind == "constant" else [s.end])
-    return not any(v for v in values if v is not None)
-
-
 def how_trained(recipe: Recipe, codistilled: bool) -> str:
     """``codistilled`` (a teacher trained alongside and taught), ``distilled`` (a frozen
     teacher taught), ``no_teacher`` (``teacher.kind: none``) or ``data_only`` (a teacher
     was configured but the soft weight is 0 throughout: the hard targets alone)."""
     if recipe.teacher.kind == "none":
         return "no_teacher"
-    if _soft_weight_zero_throughout(recipe):
+    if unused_teacher_reason(recipe) is not None:
         return "data_only"
     return "codistilled" if codistilled else "distilled"
 

@@ -10,6 +10,7 @@ import yaml
 from distill.config import Recipe, ScheduleConfig
 from distill.corpus_files import check_options as check_data_options
 from distill.errors import UserError, quote
+from distill.teacher_use import teacher_skipped
 from distill.recipe_yaml import RefusedYAML, dump_yaml, load_yaml
 from distill.schema import apply_override, build, parse_override, suggest, to_dict
 
@@ -138,7 +139,8 @@ def _model_source(key: str, model) -> str:
 def _loaded_paths(recipe: Recipe) -> dict[str, str | None]:
     """What the run loads from a path or hub name, by recipe key (None: nothing)."""
     student = recipe.student
-    return {"teacher.hf.name_or_path": recipe.teacher.pretrained(),
+    return {"teacher.hf.name_or_path": None if teacher_skipped(recipe) else
+            recipe.teacher.pretrained(),
             "student.name_or_path": student.name_or_path if student.init == "pretrained"
             else None,
             "data.tokenizer": recipe.data.tokenizer if recipe.data.tokenizer != "bpe" else None}

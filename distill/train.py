@@ -21,7 +21,7 @@ import torch
 
 import losses
 import students
-from distill.build import blocks_read, build_models, unused_teacher_reason, write_init_report
+from distill.build import blocks_read, build_models, write_init_report
 from distill.checkpoint import (complete_checkpoints, last_complete, load_latest_checkpoint,
                                remove_leftovers, require_checkpoint, save_checkpoint,
                                writes_to)
@@ -42,6 +42,7 @@ from distill.rollout import Rollouts
 from distill.run_plot import write_run_plot
 from distill.steps import DrawnStep, draws_ahead, draw_step
 from distill.summary import print_startup_summary, run_summary
+from distill.teacher_use import unused_teacher_reason
 from teachers import (LMWithObjective, MicroBatch, Placement, Teacher, TeacherRefused,
                       TeacherUnavailable)
 

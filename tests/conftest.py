@@ -60,6 +60,15 @@ SCOUT_CONFIG = {
 }
 
 
+# Metrics that measure the wall clock: they differ between two runs of the same training.
+TIMED_KEYS = ("tokens_per_s", "generation_tokens_per_s", "elapsed_s")
+
+
+def untimed(rows: list[dict]) -> list[dict]:
+    """Metrics rows without their wall-clock values, for comparing runs value by value."""
+    return [{k: v for k, v in row.items() if k not in TIMED_KEYS} for row in rows]
+
+
 def write_config(directory: Path, config: dict) -> Path:
     """``directory``/config.json holding ``config``, as a checkpoint directory holds it."""
     directory.mkdir(parents=True, exist_ok=True)

@@ -30,12 +30,11 @@ from distill.rollout import (Rollouts, chosen_rows, continuation_lengths, genera
 from distill.train import run
 from losses.outputs import HiddenStates, Logits
 from teachers import MicroBatch
-from tests.conftest import QUICKSTART, REPO, TINY_MODEL, tiny_overrides
+from tests.conftest import QUICKSTART, REPO, TINY_MODEL, tiny_overrides, untimed
 
 # Short rollouts that fit the tests' 32-token blocks.
 SHORT = {"on_policy.prompt_tokens": 8, "on_policy.max_new_tokens": 16}
 # Keys whose values are wall-clock measurements.
-TIMED = ("tokens_per_s", "generation_tokens_per_s", "elapsed_s")
 
 
 def _recipe(out: Path, cache_dir: Path, **extra):
@@ -45,8 +44,7 @@ def _recipe(out: Path, cache_dir: Path, **extra):
 
 
 def _rows(out: Path) -> list[dict]:
-    return [{k: v for k, v in row.items() if k not in TIMED}
-            for row in read_metrics(out / "metrics.jsonl")]
+    return untimed(read_metrics(out / "metrics.jsonl"))
 
 
 def _train_rows(out: Path) -> list[dict]:

@@ -18,7 +18,7 @@ from distill.prefetch import TeacherPrefetch
 from distill.train import run
 from losses.outputs import Logits
 from teachers import MicroBatch
-from tests.conftest import QUICKSTART, tiny_overrides
+from tests.conftest import QUICKSTART, TIMED_KEYS, tiny_overrides
 
 
 class _RecordingTeacher:
@@ -87,7 +87,7 @@ def _rows(out: Path) -> list[tuple[int, str, float]]:
     """Every scalar logged, as (step, name, value), leaving out the timing."""
     return [(row["step"], key, float(value)) for row in read_metrics(out / "metrics.jsonl")
             for key, value in sorted(row.items())
-            if isinstance(value, (int, float)) and key not in ("tokens_per_s", "elapsed_s")]
+            if isinstance(value, (int, float)) and key not in TIMED_KEYS]
 
 
 def _same(a: list[tuple[int, str, float]], b: list[tuple[int, str, float]]) -> None:

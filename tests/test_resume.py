@@ -17,7 +17,7 @@ from distill.errors import UserError
 from distill.metrics import read_metrics
 from distill.recipe import load_recipe
 from distill.train import run
-from tests.conftest import QUICKSTART, run_cli, tiny_overrides
+from tests.conftest import QUICKSTART, run_cli, tiny_overrides, untimed
 
 SHORT = {"train.max_steps": 6, "train.checkpoint_every": 3, "train.eval_every": 0}
 
@@ -125,8 +125,7 @@ def test_a_longer_run_resumes_without_a_jump_where_nothing_follows_max_steps(tmp
     run(_recipe(whole, cache_dir, **fixed, **{"train.max_steps": 12}))
 
     def steps(out: Path) -> list[dict]:
-        return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "elapsed_s")}
-                for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+        return untimed([r for r in read_metrics(out / "metrics.jsonl") if "loss" in r])
 
     assert [r["step"] for r in steps(short)] == list(range(1, 13))
     for resumed, uninterrupted in zip(steps(short), steps(whole)):
@@ -225,8 +224,7 @@ def test_a_stateful_strategy_resumes_exactly(tmp_path: Path, cache_dir: Path, ad
     run(_recipe(resumed, cache_dir, **settings), resume=True)
 
     def steps(out: Path) -> list[dict]:
-        return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "elapsed_s")}
-                for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+        return untimed([r for r in read_metrics(out / "metrics.jsonl") if "loss" in r])
 
     assert [r["step"] for r in steps(resumed)] == list(range(1, 7))
     for again, uninterrupted in zip(steps(resumed), steps(whole)):

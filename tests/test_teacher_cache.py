@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from distill.build import blocks_read, unused_teacher_reason
+from distill.build import blocks_read
+from distill.teacher_use import unused_teacher_reason
 from distill.config import TrainConfig
 from distill.data import BlockOrder
 from distill.errors import UserError
@@ -20,10 +21,9 @@ from distill.metrics import read_metrics
 from distill.recipe import load_recipe
 from distill.train import run
 from teachers import CachedTeacher, HFTeacher
-from tests.conftest import QUICKSTART, tiny_overrides
+from tests.conftest import QUICKSTART, tiny_overrides, untimed
 
 # Fields of a metrics row that measure the machine, not the training.
-_TIMING = ("tokens_per_s",)
 
 
 def _recipe(out: Path, cache_dir: Path, **extra):
@@ -74,8 +74,7 @@ def _cached_blocks(cache: Path) -> list[int]:
 
 
 def _rows(out: Path) -> list[dict]:
-    return [{k: v for k, v in row.items() if k not in _TIMING}
-            for row in read_metrics(out / "metrics.jsonl")]
+    return untimed(read_metrics(out / "metrics.jsonl"))
 
 
 # ---- which blocks a run reads

@@ -22,7 +22,7 @@ from distill.errors import TrainingStopped, UserError
 from distill.metrics import read_metrics
 from distill.recipe import load_recipe
 from teachers.codistill import CodistillTeacher
-from tests.conftest import REPO, TINY_MODEL, run_cli, tiny_overrides
+from tests.conftest import REPO, TINY_MODEL, run_cli, tiny_overrides, untimed
 
 QUICKSTART = str(REPO / "recipes" / "quickstart.yaml")
 
@@ -228,8 +228,7 @@ def test_same_seed_same_run(tmp_path, cache_dir):
             tmp_path / name, cache_dir, **{"train.max_steps": 5, "train.checkpoint_every": 0}))
         run(recipe)
         rows = read_metrics(tmp_path / name / "metrics.jsonl")
-        results.append([{k: v for k, v in r.items() if k not in ("tokens_per_s", "elapsed_s")}
-                        for r in rows])
+        results.append(untimed(rows))
     assert results[0] == results[1]
 
 
