@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from distill.progress import bar_interval
+
 
 class StepWatcher:
     """The latest step logged in a growing metrics.jsonl, read incrementally: each poll
@@ -81,7 +83,8 @@ def run_all(jobs: Sequence[Job], work: Callable[[int], Any], parallel: int,
     results: dict[int, Any] = {}
     failures: dict[int, BaseException] = {}
     announced: set[int] = set()
-    bar = tqdm(total=total, initial=before, unit="step", desc=desc, dynamic_ncols=True)
+    bar = tqdm(total=total, initial=before, unit="step", desc=desc, dynamic_ncols=True,
+               mininterval=bar_interval())
     pool = ThreadPoolExecutor(max_workers=parallel)
     futures: dict[Future, int] = {pool.submit(start, i): i
                                   for i, job in enumerate(jobs) if not job.done}

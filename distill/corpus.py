@@ -162,12 +162,14 @@ class Corpus:
         When no document falls in validation (a tiny corpus), the last one is held out."""
         from tqdm.auto import tqdm
 
+        from distill.progress import bar_interval
+
         cfg, source = self.cfg, self._source()
         self.stats = stats = CorpusStats()
         seen: set[bytes] = set()
         held: str | None = None  # the last training document: validation if none is
         bar = tqdm(total=source.total, unit=source.unit, unit_scale=source.unit == "B",
-                   desc=desc, disable=not progress, leave=False)
+                   desc=desc, disable=not progress, leave=False, mininterval=bar_interval())
         with bar:
             for key, text, advance in source.documents:
                 bar.update(advance)

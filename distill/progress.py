@@ -18,6 +18,13 @@ from typing import Callable, TextIO
 PLAIN_INTERVAL_S = 30.0  # seconds between plain progress lines when stderr is not a terminal
 
 
+def bar_interval() -> float:
+    """tqdm's ``mininterval`` for the other bars (reading the corpus, compare's runs): its
+    default on a terminal, and one redraw per ``PLAIN_INTERVAL_S`` in a log file, where
+    every redraw is kept."""
+    return 0.1 if sys.stderr.isatty() else PLAIN_INTERVAL_S
+
+
 def _duration(seconds: float) -> str:
     """``1h02m03s``, ``2m03s`` or ``4s``."""
     seconds = int(round(seconds))

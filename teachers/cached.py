@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -228,7 +229,9 @@ class CachedTeacher(Teacher):
             return {name: getattr(sparse, name).cpu().numpy() for name in cache_files.OUTPUTS}
 
         per_shard = cache_shards.shard_rows(expected["shape"][1], k, self.batch_size)
-        with tqdm(total=len(missing), unit="block", desc="teacher cache") as bar:
+        # In a log file (not a terminal) every redraw is kept: redraw every 30 s there.
+        with tqdm(total=len(missing), unit="block", desc="teacher cache",
+                  mininterval=0.1 if sys.stderr.isatty() else 30.0) as bar:
             for start in range(0, len(missing), per_shard):
                 cache_shards.write(self.path, expected, missing[start:start + per_shard],
                                    compute, self.batch_size, bar.update)
