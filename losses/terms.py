@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from losses.closed_form import CLOSED_FORM, closed_form_divergence
 from losses.divergences import DIVERGENCES, DivergenceParams
 from losses.outputs import Logits, TeacherOutput, TopK
 from losses.taid import interpolate
@@ -63,8 +64,20 @@ def token_terms(student_logits: Tensor, teacher: Logits | TopK | None, labels: T
     """student_logits (n, V); teacher: the chunk's rows (n tokens) or None; labels (n,)."""
     valid = labels != spec.ignore_index
     zeros = torch.zeros(labels.shape, dtype=torch.float32, device=labels.device)
-    log_q = None if teacher is None else \
-        F.log_softmax(_tempered(student_logits, spec.temperature), dim=-1)
+    # Full teacher logits and a divergence with a closed-form gradient: value, gradient and
+    # log q in one pass (losses.closed_form). Top-k teachers (folded outcomes) and TAID's
+    # interpolated target keep autograd through the formulas.
+    closed = (isinstance(teacher, Logits) and spec.teacher_share is None
+              and spec.kind in CLOSED_FORM)
+    kd = targets = None
+    if closed:
+        targets = teacher.soft_targets(None, labels.clamp(min=0), spec.temperature,
+                                       spec.need_teacher_gold)
+        kd, log_q = closed_form_divergence(_tempered(student_logits, spec.temperature),
+                                           targets.log_p, spec.kind, spec.params.beta)
+    else:
+        log_q = None if teacher is None else \
+            F.log_softmax(_tempered(student_logits, spec.temperature), dim=-1)
     ce = None
     if spec.need_ce and log_q is not None and spec.temperature == 1.0:
         # at T = 1 the soft term's log-softmax is the hard term's: compute it once
@@ -74,11 +87,12 @@ def token_terms(student_logits: Tensor, teacher: Logits | TopK | None, labels: T
                              reduction="none")
     if teacher is None:
         return TokenTerms(valid=valid, ce=ce, kd=None, teacher_gold=None)
-    targets = teacher.soft_targets(log_q, labels.clamp(min=0), spec.temperature,
-                                   spec.need_teacher_gold)
-    log_p = targets.log_p if spec.teacher_share is None else \
-        interpolate(targets.log_q, targets.log_p, spec.teacher_share)
-    kd = DIVERGENCES[spec.kind](targets.log_q, log_p, spec.params)
+    if not closed:
+        targets = teacher.soft_targets(log_q, labels.clamp(min=0), spec.temperature,
+                                       spec.need_teacher_gold)
+        log_p = targets.log_p if spec.teacher_share is None else \
+            interpolate(targets.log_q, targets.log_p, spec.teacher_share)
+        kd = DIVERGENCES[spec.kind](targets.log_q, log_p, spec.params)
     kd = torch.where(valid, kd, zeros)
     gold = None if targets.gold is None else torch.where(valid, targets.gold.detach(), zeros)
     return TokenTerms(valid=valid, ce=ce, kd=kd, teacher_gold=gold)
