@@ -112,3 +112,14 @@ def test_public_divergence_matches_the_autograd_formula_path(kind: str, temperat
     (slow_grad,) = torch.autograd.grad(slow, [student])
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fast_grad, slow_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_one_default_chunk_size_for_the_recipe_the_functional_api_and_the_objective():
+    """benchmarks/fused_loss.py and the docs quote figures at the library's default."""
+    import inspect
+
+    from distill.config import LossConfig
+
+    functional = inspect.signature(losses.fused_divergence).parameters["chunk_size"].default
+    objective = inspect.signature(losses.Objective).parameters["chunk_size"].default
+    assert LossConfig().chunk_size == functional == objective == 256
