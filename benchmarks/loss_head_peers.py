@@ -13,7 +13,7 @@ hidden states and output head:
 
 It first checks that the three agree (loss and both gradients, max abs / rel difference),
 then times them interleaved in one process (round by round, so the machine's load falls
-on all three alike) and reports the median and min-max of the repeats; then each one's
+on all three alike; glibc's allocator as it comes) and reports the median and min-max of the repeats; then each one's
 peak resident memory above its inputs, each in its own process with glibc's mmap
 threshold pinned (as ``benchmarks/fused_loss.py`` does), so freed tensors leave the
 resident set at once. TRL and Liger are benchmark-only dependencies (the ``bench``
@@ -148,12 +148,14 @@ def peak_memory(args) -> None:
     print(json.dumps({"peer": args.child, "loss": loss, "peak_mib": peak}))
 
 
-def _child(args, *extra: str) -> str:
+def _child(args, *extra: str, pin_mmap: bool) -> str:
+    """Run this script with ``extra`` flags; ``pin_mmap`` for the memory children only:
+    timing runs with the allocator as a user's run has it."""
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
              if k not in ("child", "timing") and v is not None]
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "1048576"} if pin_mmap else None
     return subprocess.run([sys.executable, __file__, *flags, *extra], check=True,
-                          capture_output=True, text=True,
-                          env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "1048576"}).stdout
+                          capture_output=True, text=True, env=env).stdout
 
 
 def main() -> None:
@@ -176,11 +178,11 @@ def main() -> None:
     print(f"generalized JSD (beta {BETA}), {args.tokens} tokens, vocabulary {args.vocab}, "
           f"hidden {args.hidden}, fp32, forward + backward, CPU; ours at chunk "
           f"{args.chunk_size or 'default'}")
-    timing_out = _child(args, "--timing")
+    timing_out = _child(args, "--timing", pin_mmap=False)
     *agreement, last = timing_out.strip().splitlines()
     print("\n".join(agreement))
     timing = json.loads(last)
-    peaks = {peer: json.loads(_child(args, f"--child={peer}").strip().splitlines()[-1])
+    peaks = {peer: json.loads(_child(args, f"--child={peer}", pin_mmap=True).strip().splitlines()[-1])
              for peer in PEERS}
     print(f"{args.repeats} interleaved repeats, {timing['threads']} torch threads")
     print(f"{'peer':<6} {'loss':>10} {'peak MiB':>10} {'median s':>9} {'min-max s':>13}")

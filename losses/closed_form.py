@@ -36,28 +36,40 @@ def _row_dot(a: Tensor, b: Tensor) -> Tensor:
     return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
 
 
+def _weighted_log_ratio(weight: Tensor, ratio: Tensor) -> Tensor:
+    """sum_v weight_v ratio_v per row, with the ratio set to 0 (in place) where the weight
+    is 0: a -inf log-probability there (a banned token) would make 0 * inf = NaN.
+
+    Only such a product can be NaN (the ratio is otherwise finite or +inf), so the row sum
+    tells whether the (n, V) mask is needed at all; on CPU asking costs nothing, on an
+    accelerator it would wait for the device, so the mask is always applied there."""
+    if weight.device.type == "cpu":
+        value = _row_dot(weight, ratio)
+        if not value.isnan().any():
+            return value
+    ratio.masked_fill_(weight == 0, 0.0)
+    return _row_dot(weight, ratio)
+
+
 def _forward_kl(log_q: Tensor, q: Tensor, log_p: Tensor) -> tuple[Tensor, Tensor]:
     p = log_p.exp()
-    ratio = torch.sub(log_p, log_q).masked_fill_(p == 0, 0.0)   # (n, V) log(p/q), 0 where p = 0
-    value = _row_dot(p, ratio)
-    del ratio
+    value = _weighted_log_ratio(p, torch.sub(log_p, log_q))   # sum p log(p/q)
     return value, q.sub_(p)                                    # dz = q - p (q is consumed)
 
 
 def _reverse_kl(log_q: Tensor, q: Tensor, log_p: Tensor) -> tuple[Tensor, Tensor]:
-    ratio = torch.sub(log_q, log_p).masked_fill_(q == 0, 0.0)   # (n, V) log(q/p), 0 where q = 0
-    value = _row_dot(q, ratio)                                  # = <L>
+    ratio = torch.sub(log_q, log_p)                             # (n, V) L = log(q/p)
+    value = _weighted_log_ratio(q, ratio)                       # = <L>
     return value, ratio.sub_(value.unsqueeze(1)).mul_(q)        # dz = q (L - <L>)
 
 
 def _jsd(log_q: Tensor, q: Tensor, log_p: Tensor, beta: float) -> tuple[Tensor, Tensor]:
     p = log_p.exp()
     log_m = torch.mul(p, beta).add_(q, alpha=1.0 - beta).log_()   # (n, V) log M
-    teacher_ratio = torch.sub(log_p, log_m).masked_fill_(p == 0, 0.0)  # log(p/M)
-    teacher_kl = _row_dot(p, teacher_ratio)                     # KL(p || M)
-    del teacher_ratio, p
-    student_ratio = log_m.neg_().add_(log_q).masked_fill_(q == 0, 0.0)  # log(q/M), in place
-    student_kl = _row_dot(q, student_ratio)                     # KL(q || M) = <L>
+    teacher_kl = _weighted_log_ratio(p, torch.sub(log_p, log_m))  # KL(p || M)
+    del p
+    student_ratio = log_m.neg_().add_(log_q)                    # (n, V) L = log(q/M), in place
+    student_kl = _weighted_log_ratio(q, student_ratio)          # KL(q || M) = <L>
     value = beta * teacher_kl + (1.0 - beta) * student_kl
     grad = student_ratio.sub_(student_kl.unsqueeze(1)).mul_(q).mul_(1.0 - beta)
     return value, grad
@@ -90,6 +102,7 @@ class ClosedFormDivergence(torch.autograd.Function):
         grad, log_q = ctx.saved_tensors
         grad_z = None
         if grad_value is not None:
+            # not in place: a second backward (retain_graph=True) needs the saved gradient
             grad_z = grad * grad_value.unsqueeze(1)
         if grad_log_q is not None:
             # log_softmax's Jacobian: g - q * sum(g)

@@ -33,7 +33,9 @@ class _ChunkedLinearLoss(torch.autograd.Function):
     def forward(ctx, hidden: Tensor, head_weight: Tensor, labels: Tensor, teacher,
                 chunk_fn: ChunkFn, chunk_size: int, per_token: PerToken):
         grad_hidden = torch.zeros_like(hidden, dtype=torch.float32)
-        grad_weight = torch.zeros_like(head_weight, dtype=torch.float32)
+        # (V, H); the first chunk writes it (mm), the others accumulate (addmm_): no zero fill
+        grad_weight = (torch.empty_like if hidden.shape[0] else torch.zeros_like)(
+            head_weight, dtype=torch.float32)
         weight = head_weight.detach()
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         stats = None
@@ -52,9 +54,11 @@ class _ChunkedLinearLoss(torch.autograd.Function):
             total += loss.detach().float()
             del logits, loss  # free the chunk's logits before its gradient's two matmuls
             grad_logits = grad_logits.float()                       # (n, V)
-            if hidden.requires_grad:
-                grad_hidden[rows] = grad_logits @ weight.float()    # (n, H)
-            if head_weight.requires_grad:
+            if hidden.requires_grad:  # written in place: no (n, H) temporary and copy
+                torch.mm(grad_logits, weight.float(), out=grad_hidden[rows])  # (n, H)
+            if head_weight.requires_grad and start == 0:
+                torch.mm(grad_logits.t(), h.float(), out=grad_weight)  # (V, H)
+            elif head_weight.requires_grad:
                 grad_weight.addmm_(grad_logits.t(), h.float())      # (V, H)
             stats = chunk_stats.detach() if stats is None else stats + chunk_stats.detach()
         ctx.save_for_backward(grad_hidden, grad_weight)
