@@ -195,8 +195,11 @@ def main() -> None:
     for peer, goal_time, goal_mem in (("trl", 0.5, 0.10), ("liger", 0.75, None)):
         mem = peaks["ours"]["peak_mib"] / peaks[peer]["peak_mib"]
         mem_goal = f" (goal <= {goal_mem:.2f})" if goal_mem else ""
+        # each round's own ratio: its three runs shared the machine's load of the moment
+        rounds = [o / t for o, t in zip(timing["times"]["ours"], timing["times"][peer])]
         print(f"ours / {peer}: time {medians['ours'] / medians[peer]:.3f} "
-              f"(goal <= {goal_time:.2f}), peak memory {mem:.3f}{mem_goal}")
+              f"(goal <= {goal_time:.2f}; per round median {statistics.median(rounds):.3f}, "
+              f"{min(rounds):.3f}-{max(rounds):.3f}), peak memory {mem:.3f}{mem_goal}")
 
 
 if __name__ == "__main__":
