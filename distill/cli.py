@@ -203,12 +203,15 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from distill.recipe import load_recipe
+    from distill.startup import StartupClock, process_age_s
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    clock = StartupClock(process_age_s())  # the time to first step counts the recipe too
+    with clock.phase("recipe"):  # loaded and validated: its models built on the meta device
+        recipe = load_recipe(args.recipe, args.overrides)
     args.output_dir = recipe.output_dir  # for the message after an interruption
     from distill.train import run
 
-    result = run(recipe, resume=args.resume)
+    result = run(recipe, resume=args.resume, clock=clock)
     if not result.main_process:
         return 0
     print(f"done: {result.steps} steps, {_validation_text(result)}; outputs in "

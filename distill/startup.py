@@ -1,13 +1,14 @@
 """Time to first step: how long a run takes from its process's start until its first
 optimizer step begins, and where that time went, coarsely.
 
-The phases are those a user can act on: the interpreter, imports and recipe before
-``run()`` (``launch``), the data (read from the block cache, or read and tokenised), the
-models (built or loaded), their preparation (accelerate's ``prepare`` and the teacher's: a
-teacher cache's fill happens there), the evaluation at step 0, and the rest. The run prints
-one line, e.g. ``distill: first step after 3.2 s (launch 1.1 s, data 0.1 s from cache,
-models 0.8 s, prepare 0.0 s, evaluation 0.9 s, other 0.3 s)``, and records the total as
-``startup_s`` in its first metrics row.
+The phases are those a user can act on: the interpreter and the CLI's imports
+(``launch``: until the clock is made), the recipe (loaded and validated: its models are
+built on the meta device, the first use of transformers' model code), the data (read from
+the block cache, or read and tokenised), the models (built or loaded), their preparation
+(accelerate's ``prepare`` and the teacher's: a teacher cache's fill happens there), the
+evaluation at step 0, and the rest. The run prints one line, e.g. ``distill: first step
+after 5.0 s (launch 1.6 s, recipe 2.7 s, data 0.4 s from cache, models 0.3 s, prepare 0.0 s,
+other 0.0 s)``, and records the total as ``startup_s`` in its first metrics row.
 """
 
 from __future__ import annotations

@@ -179,10 +179,11 @@ def _clip_gradients(accelerator, student, max_norm: float) -> float | None:
     return None if norm is None else float(norm)
 
 
-def run(recipe: Recipe, resume: bool = False) -> RunResult:
+def run(recipe: Recipe, resume: bool = False, clock: StartupClock | None = None) -> RunResult:
     """Train as ``distill run`` does. The first process holds the output directory's lock
-    (every process of a launch shares the directory)."""
-    clock = StartupClock(process_age_s())  # the time to first step, from the process's start
+    (every process of a launch shares the directory). ``clock``: the start-up clock the
+    caller began (the CLI's times loading the recipe); by default one starts here."""
+    clock = clock or StartupClock(process_age_s())  # the time to first step
     output_dir = Path(recipe.output_dir)
     _check_output_dir(output_dir, resume)
     check_sources(recipe)  # missing checkpoints and unreachable hub names, before any work
