@@ -41,9 +41,10 @@ from students.presets import PRESETS
 GOAL = 3.0
 
 
-def median_times(steps: dict[str, Callable[[], None]], warmup: int,
-                 repeats: int) -> dict[str, float]:
-    """Median wall time in seconds of each step; steps alternate within every repeat."""
+def repeat_times(steps: dict[str, Callable[[], None]], warmup: int,
+                 repeats: int) -> dict[str, list[float]]:
+    """Wall time in seconds of each step in every repeat; steps alternate within every
+    repeat (so repeat i of each is measured under the same load)."""
     for _ in range(warmup):
         for step in steps.values():
             step()
@@ -53,7 +54,17 @@ def median_times(steps: dict[str, Callable[[], None]], warmup: int,
             start = time.perf_counter()
             step()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def spread_text(times: dict[str, list[float]]) -> tuple[dict[str, float], float, str]:
+    """Medians, the median speed-up (transformers / efficient) and its text with the range
+    of the per-repeat speed-ups (repeat i of each, measured side by side)."""
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    ratios = [a / b for a, b in zip(times["transformers"], times["efficient"])]
+    ratio = medians["transformers"] / medians["efficient"]
+    return medians, ratio, (f"{ratio:.2f}x (per-repeat range {min(ratios):.2f}-"
+                            f"{max(ratios):.2f}x over {len(ratios)} repeats)")
 
 
 def bench_layer(args: argparse.Namespace) -> tuple[float, float]:
@@ -77,17 +88,17 @@ def bench_layer(args: argparse.Namespace) -> tuple[float, float]:
 
     with torch.no_grad():
         diff = (Llama4TextMoe.forward(moe, x)[0] - efficient_moe_forward(moe, x)[0]).abs().max()
-    times = median_times({"transformers": step(Llama4TextMoe.forward),
-                          "efficient": step(efficient_moe_forward)}, args.warmup, args.repeats)
-    ratio = times["transformers"] / times["efficient"]
+    times, ratio, ratio_text = spread_text(repeat_times(
+        {"transformers": step(Llama4TextMoe.forward), "efficient": step(efficient_moe_forward)},
+        args.warmup, args.repeats))
     print(f"MoE layer forward+backward: {args.tokens} tokens, hidden {args.hidden}, expert "
           f"intermediate {args.expert_dim}, {args.experts} experts, top-{args.top_k}, float32, "
           f"{torch.get_num_threads()} threads, median of {args.repeats} after "
           f"{args.warmup} warm-up")
     print(f"  transformers Llama4TextMoe.forward: {times['transformers'] * 1e3:9.1f} ms")
     print(f"  efficient_moe_forward:              {times['efficient'] * 1e3:9.1f} ms")
-    print(f"  speed-up: {ratio:.2f}x (goal >= {GOAL:.1f}x: {'met' if ratio >= GOAL else 'NOT met'})"
-          f"; max |output difference| {diff:.2e}")
+    print(f"  speed-up: {ratio_text} (goal >= {GOAL:.1f}x: "
+          f"{'met' if ratio >= GOAL else 'NOT met'}); max |output difference| {diff:.2e}")
     return times["transformers"], times["efficient"]
 
 
@@ -116,9 +127,9 @@ def bench_model(args: argparse.Namespace) -> tuple[float, float]:
             optimizer.step()
         return run
 
-    times = median_times({"transformers": step(baseline), "efficient": step(efficient)},
-                         args.warmup, args.repeats)
-    ratio = times["transformers"] / times["efficient"]
+    times, _, ratio_text = spread_text(repeat_times(
+        {"transformers": step(baseline), "efficient": step(efficient)},
+        args.warmup, args.repeats))
     params = sum(p.numel() for p in baseline.parameters())
     print(f"Training step (forward+backward+AdamW) of a Scout-style Llama4ForCausalLM: "
           f"{args.model_layers} layers all MoE ({patched} patched), hidden {args.model_hidden}, "
@@ -127,7 +138,7 @@ def bench_model(args: argparse.Namespace) -> tuple[float, float]:
           f"{params / 1e6:.1f}M parameters")
     print(f"  transformers MoE forward: {times['transformers'] * 1e3:9.1f} ms")
     print(f"  enable_efficient_moe:     {times['efficient'] * 1e3:9.1f} ms")
-    print(f"  speed-up: {ratio:.2f}x")
+    print(f"  speed-up: {ratio_text}")
     return times["transformers"], times["efficient"]
 
 

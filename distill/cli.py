@@ -203,18 +203,34 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from distill.recipe import load_recipe
+    from distill.startup import StartupClock, process_age_s
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    clock = StartupClock(process_age_s())  # the time to first step counts the recipe too
+    with clock.phase("recipe"):  # loaded and validated: its models built on the meta device
+        recipe = load_recipe(args.recipe, args.overrides)
     args.output_dir = recipe.output_dir  # for the message after an interruption
     from distill.train import run
 
-    result = run(recipe, resume=args.resume)
+    result = run(recipe, resume=args.resume, clock=clock)
     if not result.main_process:
         return 0
-    start = "" if result.first_val_loss is None else f"{result.first_val_loss:.4f} -> "
-    print(f"done: {result.steps} steps, student validation loss {start}"
-          f"{result.final_val_loss:.4f}; outputs in {result.output_dir}")
+    print(f"done: {result.steps} steps, {_validation_text(result)}; outputs in "
+          f"{result.output_dir}")
     return 0
+
+
+def _validation_text(result) -> str:
+    """The final line's account of the validation loss: ``student validation loss A -> B``,
+    or what was not evaluated (train.eval_at_start / train.eval_at_end false, or a resumed
+    run, which has no step-0 evaluation of its own)."""
+    first, final = result.first_val_loss, result.final_val_loss
+    if final is None:
+        if first is None:
+            return "no validation loss (train.eval_at_end: false)"
+        return (f"student validation loss {first:.4f} at the start, no final evaluation "
+                "(train.eval_at_end: false)")
+    start = "" if first is None else f"{first:.4f} -> "
+    return f"student validation loss {start}{final:.4f}"
 
 
 def _inspect(args: argparse.Namespace) -> int:

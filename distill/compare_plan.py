@@ -21,7 +21,7 @@ from distill.schema import apply_override, build, suggest
 # validation losses are measured on the same positions.
 SHARED = ("seed", "output_dir", "data", "compare", "train.max_steps",
           "train.micro_batch_size", "train.grad_accum_steps", "train.eval_batches",
-          "train.eval_batch_size")
+          "train.eval_batch_size", "train.eval_at_end")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _MAX_SEED = 2**32 - 1  # as Recipe.seed: the most numpy's seeding takes
 
@@ -204,6 +204,10 @@ def make_plan(recipe_path: str, overrides: Sequence[str] = (),
     for key, value in shared.items():
         apply_override(data, key.split("."), value)
     base = recipe_from_dict(data)
+    if not base.train.eval_at_end:  # the table and the verdicts rest on every final val_loss
+        raise UserError("train.eval_at_end: false, but compare ranks the runs by their final "
+                        "validation loss, which only the evaluation at the end measures; "
+                        "remove the setting (true is the default) to compare.")
     if not base.compare.variants:
         raise UserError(f"compare.variants: {recipe_path} lists no variants to compare.")
     out = Path(base.output_dir)

@@ -350,8 +350,18 @@ class TrainConfig:
     max_grad_norm: float = field(default=1.0, metadata=meta(
         "Gradient-norm clipping threshold; 0 disables clipping.", min=0.0))
     eval_every: int = field(default=100, metadata=meta(
-        "Evaluate on the validation split every N steps (and always at step 0 and at the "
-        "end); 0 evaluates only at the start and the end.", min=0))
+        "Evaluate on the validation split every N steps (besides the evaluations at the "
+        "start and the end, see `eval_at_start` and `eval_at_end`); 0: no periodic "
+        "evaluation.", min=0))
+    eval_at_start: bool = field(default=True, metadata=meta(
+        "Evaluate the student before its first step (step 0; not on resume). false skips "
+        "it: the run then reports no starting validation loss."))
+    eval_at_end: bool = field(default=True, metadata=meta(
+        "Evaluate the student after its last step; its result is the run's final "
+        "`val_loss` (the CLI's last line, the model card, `distill compare`, which refuses "
+        "false). false skips it, and a periodic evaluation falling on the last step: with "
+        "`eval_every: 0` and `eval_at_start: false` a run (a timing run, say) evaluates "
+        "nothing."))
     eval_batches: int | None = field(default=None, metadata=meta(
         "Cap on validation batches per evaluation; null uses the whole split.", min=1))
     eval_batch_size: int = field(default=16, metadata=meta(

@@ -117,6 +117,7 @@ class PackedData:
     # the run's fingerprint takes them instead of reading every token again
     digests: dict[str, str] = field(default_factory=dict)
     cache_path: Path | None = None
+    from_cache: bool = False   # the blocks were read from the cache, not tokenised now
 
 
 def split_block(blocks: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -208,4 +209,5 @@ def prepare_data(cfg: DataConfig, corpus: Corpus, trusted: Sequence[str] = (),
         print(summary, flush=True)
     return PackedData(train=blocks.train, validation=blocks.validation, tokenizer=tokenizer,
                       description=corpus.description, summary=summary,
-                      digests=dict(meta["sha256"]), cache_path=blocks.path)
+                      digests=dict(meta["sha256"]), cache_path=blocks.path,
+                      from_cache=blocks.from_cache)

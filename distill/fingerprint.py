@@ -39,7 +39,8 @@ FINGERPRINT_FILE = "run_fingerprint.json"
 SAFE_TO_CHANGE = ("output_dir", "data.cache_dir", "teacher.cached.cache_dir", "teacher.prefetch",
                   "teacher.served.urls", "teacher.served.batch_size", "teacher.served.timeout_s",
                   "teacher.served.retries", "teacher.served.api_key_env",
-                  "train.log_every", "train.eval_every", "train.eval_batches",
+                  "train.log_every", "train.eval_every", "train.eval_at_start",
+                  "train.eval_at_end", "train.eval_batches",
                   "train.eval_batch_size", "train.checkpoint_every", "train.keep_checkpoints",
                   "train.on_nonfinite", "train.max_skipped_steps", "compare")
 # Config entries that describe the file, not the model.

@@ -70,7 +70,8 @@ def startup_lines(*, device: str, processes: int, mixed_precision: str, student:
                   student_name: str, teacher_line: str, teacher: Counts | None,
                   micro_batch_size: int, grad_accum_steps: int, block_size: int,
                   max_steps: int, start_step: int, train_blocks: int, validation_blocks: int,
-                  eval_every: int, eval_batches: int | None, eval_batch_size: int) -> list[str]:
+                  eval_every: int, eval_batches: int | None, eval_batch_size: int,
+                  eval_at_start: bool = True, eval_at_end: bool = True) -> list[str]:
     """The summary's lines (without the ``distill:`` prefix)."""
     lines = [f"device {device}, {processes} process{'es' if processes > 1 else ''}, "
              f"mixed precision {mixed_precision}",
@@ -96,10 +97,15 @@ def startup_lines(*, device: str, processes: int, mixed_precision: str, student:
         else min(validation_blocks, eval_batches * eval_batch_size)
     which = f"all {validation_blocks:,}" if scored == validation_blocks \
         else f"the first {scored:,} of {validation_blocks:,}"
-    when = [] if start_step else ["at step 0"]
+    when = ["at step 0"] if eval_at_start and not start_step else []
     when += [f"every {eval_every} steps"] if eval_every else []
-    lines.append(f"evaluation {', '.join(when)}{' and ' if when else ''}at the end, on {which} "
-                 "validation blocks")
+    when += ["at the end"] if eval_at_end else []
+    if not when:
+        lines.append("evaluation off (train.eval_every: 0, train.eval_at_start: false, "
+                     "train.eval_at_end: false)")
+        return lines
+    listed = when[0] if len(when) == 1 else f"{', '.join(when[:-1])} and {when[-1]}"
+    lines.append(f"evaluation {listed}, on {which} validation blocks")
     return lines
 
 
@@ -118,7 +124,8 @@ def run_summary(recipe: Recipe, accelerator, student_lm, teacher, data,
         block_size=data.train.shape[1] - 1, max_steps=train.max_steps, start_step=start_step,
         train_blocks=len(data.train), validation_blocks=len(data.validation),
         eval_every=train.eval_every, eval_batches=train.eval_batches,
-        eval_batch_size=train.eval_batch_size)
+        eval_batch_size=train.eval_batch_size, eval_at_start=train.eval_at_start,
+        eval_at_end=train.eval_at_end)
 
 
 def print_startup_summary(lines: list[str]) -> None:

@@ -40,6 +40,7 @@ from distill.progress import StepProgress
 from distill.recipe import check_sources, dump_recipe
 from distill.rollout import Rollouts
 from distill.run_plot import write_run_plot
+from distill.startup import StartupClock, process_age_s
 from distill.steps import DrawnStep, draws_ahead, draw_step
 from distill.summary import print_startup_summary, run_summary
 from distill.teacher_use import unused_teacher_reason
@@ -50,8 +51,8 @@ from teachers import (LMWithObjective, MicroBatch, Placement, Teacher, TeacherRe
 @dataclass
 class RunResult:
     output_dir: Path
-    first_val_loss: float | None
-    final_val_loss: float
+    first_val_loss: float | None   # None: not evaluated (train.eval_at_start false, resume)
+    final_val_loss: float | None   # None: not evaluated (train.eval_at_end false)
     steps: int
     main_process: bool = True
 
@@ -178,17 +179,19 @@ def _clip_gradients(accelerator, student, max_norm: float) -> float | None:
     return None if norm is None else float(norm)
 
 
-def run(recipe: Recipe, resume: bool = False) -> RunResult:
+def run(recipe: Recipe, resume: bool = False, clock: StartupClock | None = None) -> RunResult:
     """Train as ``distill run`` does. The first process holds the output directory's lock
-    (every process of a launch shares the directory)."""
+    (every process of a launch shares the directory). ``clock``: the start-up clock the
+    caller began (the CLI's times loading the recipe); by default one starts here."""
+    clock = clock or StartupClock(process_age_s())  # the time to first step
     output_dir = Path(recipe.output_dir)
     _check_output_dir(output_dir, resume)
     check_sources(recipe)  # missing checkpoints and unreachable hub names, before any work
     try:
         if int(os.environ.get("RANK", "0")) != 0:
-            return _train(recipe, resume)
+            return _train(recipe, resume, clock)
         with OutputDirLock(output_dir):
-            return _train(recipe, resume)
+            return _train(recipe, resume, clock)
     except TeacherUnavailable as exc:  # a served teacher stopped answering, past its retries
         traceback.clear_frames(exc.__traceback__)  # as below: let the models go
         raise TrainingStopped(f"teacher: {exc}. The run stopped; its last complete checkpoint "
@@ -212,7 +215,7 @@ def _release_process_group() -> None:
         torch.distributed.destroy_process_group()
 
 
-def _train(recipe: Recipe, resume: bool) -> RunResult:
+def _train(recipe: Recipe, resume: bool, clock: StartupClock) -> RunResult:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -234,11 +237,15 @@ def _train(recipe: Recipe, resume: bool) -> RunResult:
     set_seed(recipe.seed)
 
     # ---- build: data, teacher and student, the student's objective and optimizer
-    with accelerator.main_process_first():  # the first process trains and caches the tokenizer
+    with clock.phase("data") as phase, accelerator.main_process_first():
+        # the first process trains and caches the tokenizer and the blocks
         data = prepare_data(recipe.data, load_corpus(recipe.data), recipe.trust_remote_code,
                             verbose=main)
-    models = build_models(recipe, data.tokenizer, lambda model, lr: _optimizer_and_schedule(
-        model, lr, train), cache_root(recipe.data), announce=main)
+        phase["note"] = "from cache" if data.from_cache else "read and tokenised"
+    with clock.phase("models"):
+        models = build_models(recipe, data.tokenizer, lambda model, lr:
+                              _optimizer_and_schedule(model, lr, train),
+                              cache_root(recipe.data), announce=main)
     teacher = models.teacher
     fused = _use_fused(recipe.loss.fused, models.student)
     aux = recipe.loss.router_aux_weight
@@ -255,15 +262,17 @@ def _train(recipe: Recipe, resume: bool) -> RunResult:
 
     # ---- prepare: the student on accelerate, then the teacher (placed, cache filled, or
     # its own module and optimizer prepared), then the prefetcher and the data order
-    student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
-    try:  # a cache computes only the blocks this run reads (all steps, all processes)
-        teacher.prepare(Placement(
-            accelerator, data.train, hidden=fused,
-            student_outputs=lambda ids: student(ids, None, None, 0, 1, outputs_only=True)[1],
-            blocks_read=lambda: blocks_read(len(data.train), train, recipe.seed,
-                                            accelerator.num_processes)))
-    except TeacherRefused as exc:
-        raise UserError(str(exc)) from None
+    with clock.phase("prepare"):
+        student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
+        try:  # a cache computes only the blocks this run reads (all steps, all processes)
+            teacher.prepare(Placement(
+                accelerator, data.train, hidden=fused,
+                student_outputs=lambda ids: student(ids, None, None, 0, 1,
+                                                    outputs_only=True)[1],
+                blocks_read=lambda: blocks_read(len(data.train), train, recipe.seed,
+                                                accelerator.num_processes)))
+        except TeacherRefused as exc:
+            raise UserError(str(exc)) from None
     soft_targets = unused_teacher_reason(recipe) is None
     prefetch = TeacherPrefetch(teacher, _use_prefetch(recipe.teacher.prefetch, teacher,
                                                       accelerator.device),
@@ -305,8 +314,9 @@ def _train(recipe: Recipe, resume: bool) -> RunResult:
     progress = StepProgress(train.max_steps, start_step, enabled=main)
     evaluate = Validator(accelerator, data.validation, train.eval_batch_size,
                          train.eval_batches, log, teacher, say=progress.write)
-    if start_step == 0:
-        first_val_loss = evaluate(student, 0, tokens_seen)
+    if start_step == 0 and train.eval_at_start:
+        with clock.phase("evaluation"):
+            first_val_loss = evaluate(student, 0, tokens_seen)
 
     def refresh_plot() -> None:  # metrics.png, after each evaluation (never fails the run)
         if main:
@@ -317,7 +327,11 @@ def _train(recipe: Recipe, resume: bool) -> RunResult:
     guard = NonFiniteGuard(train.on_nonfinite, train.max_skipped_steps, output_dir)
     last_time, last_tokens = time.perf_counter(), tokens_seen
     upcoming: DrawnStep | None = None
+    startup_s: float | None = None  # logged in the first step's row
     for step in range(start_step, train.max_steps):
+        if step == start_step:
+            startup_s = round(clock.total_s(), 3)
+            progress.write(f"distill: {clock.line()}")
         drawn = upcoming or draw_step(order, data.train, step, train.grad_accum_steps,
                                       accelerator, rollouts, student_lm)
         micro_batches = drawn.micro_batches
@@ -360,9 +374,12 @@ def _train(recipe: Recipe, resume: bool) -> RunResult:
         if done % train.log_every == 0 or done == train.max_steps:
             log.write({"step": done, "tokens": tokens_seen, "lr": lr, **terms, **scalars,
                        **drawn.rollout, "tokens_per_s": tokens_per_s,
-                       **({} if grad_norm is None else {"grad_norm": grad_norm})})
+                       **({} if grad_norm is None else {"grad_norm": grad_norm}),
+                       **({} if startup_s is None else {"startup_s": startup_s})})
+            startup_s = None
         progress.update({"loss": f"{terms['loss']:.3f}", "ce": f"{terms['ce']:.3f}",
                          "kd": f"{terms.get('kd', 0.0):.3f}", "tok/s": f"{tokens_per_s:.0f}"})
+        # the last step's evaluation is the final one (or none: train.eval_at_end false)
         if train.eval_every and done % train.eval_every == 0 and done != train.max_steps:
             evaluate(student, done, tokens_seen)
             refresh_plot()
@@ -375,10 +392,14 @@ def _train(recipe: Recipe, resume: bool) -> RunResult:
 
     # ---- outputs: the final evaluation, the plot, the student and any model the teacher
     # trained
-    final_val_loss = evaluate(student, train.max_steps, tokens_seen)
+    final_val_loss = evaluate(student, train.max_steps, tokens_seen) \
+        if train.eval_at_end else None
     refresh_plot()
     if main:
-        final = {"steps": train.max_steps, "tokens": tokens_seen, **evaluate.last}
+        # without a final evaluation, an earlier evaluation's figures are not the final ones
+        evaluated = evaluate.last if train.eval_at_end \
+            else {"val_loss": "not evaluated (train.eval_at_end: false)"}
+        final = {"steps": train.max_steps, "tokens": tokens_seen, **evaluated}
         _save_outputs(accelerator.unwrap_model(student).lm, teacher, data.tokenizer,
                       output_dir, recipe, final)
     accelerator.wait_for_everyone()

@@ -61,7 +61,7 @@ SCOUT_CONFIG = {
 
 
 # Metrics that measure the wall clock: they differ between two runs of the same training.
-TIMED_KEYS = ("tokens_per_s", "generation_tokens_per_s", "elapsed_s")
+TIMED_KEYS = ("tokens_per_s", "generation_tokens_per_s", "elapsed_s", "startup_s")
 
 
 def untimed(rows: list[dict]) -> list[dict]:
