@@ -21,6 +21,10 @@ def lm_outputs(lm: nn.Module, input_ids: torch.Tensor, hidden: bool,
     model's logits are exactly ``hidden @ head.T``, else its :class:`Logits`; cut to
     ``vocab_rows`` output rows; and transformers' own output (router logits, ...).
     ``kwargs`` go to the forward (e.g. ``output_router_logits``)."""
+    if getattr(getattr(lm, "config", None), "use_cache", None) is not None:
+        # one forward over whole blocks: a KV cache would only copy every layer's keys and
+        # values (transformers builds one whenever the config's use_cache is on)
+        kwargs.setdefault("use_cache", False)
     head = students.fused_head(lm) if hidden else None
     if head is not None:
         out = students.decoder_of(lm)(input_ids=input_ids, **kwargs)
