@@ -8,7 +8,9 @@ its generalized JSD is then the forward KL; a subclass adds the CE half).
 
 Cases: ``same`` (dense Llama teacher and student, efficient MoE forward off, fused loss
 on), ``same-unfused`` (the same with ``loss.fused: off``), ``moe`` (the toolkit's defaults
-with a Llama 4 MoE student, scout-tiny; TRL runs transformers' own MoE forward). Every run
+with a Llama 4 MoE student, scout-tiny, and the dense teacher; TRL runs transformers' own MoE
+forward), ``moe-teacher`` (the same with a Llama 4 MoE teacher, the quickstart's: the
+toolkit's efficient MoE forward then runs on both models). Every run
 is a subprocess of its own (its peak RSS, ru_maxrss, is its own), distill and TRL taking
 turns. Both start from the same saved weights and read the same blocks in the same order
 (distill's block order, written out for TRL), fp32 on the CPU, AdamW (lr 1e-3, betas
@@ -38,7 +40,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 LR, WEIGHT_DECAY, MAX_GRAD_NORM, SEED = 1e-3, 0.01, 1.0, 0
-CASES = ("same", "same-unfused", "moe")
+CASES = ("same", "same-unfused", "moe", "moe-teacher")
+# The Llama 4 MoE teacher of the ``moe-teacher`` case: the quickstart's (wider and deeper
+# than scout-tiny, 4 experts), so that both sides of the step route tokens to experts.
+MOE_TEACHER = {"hidden_size": 128, "num_hidden_layers": 4, "num_local_experts": 4,
+               "intermediate_size": 256, "intermediate_size_mlp": 512, "head_dim": 32}
+
+
+def _teacher_dir(case: str) -> str:
+    return "moe_teacher" if case == "moe-teacher" else "teacher"
+
+
+def _student_dir(case: str) -> str:
+    return "moe" if case.startswith("moe") else "dense"
 
 
 def _data_recipe_overrides(work: Path, args) -> list[str]:
@@ -72,7 +86,9 @@ def prepare(work: Path, args) -> None:
     torch.manual_seed(SEED)
     models = {"teacher": students.build_model(_llama_config(vocab, 256, 4, 4, 2), False),
               "dense": students.build_model(_llama_config(vocab, 128, 2, 4, 2), False),
-              "moe": students.build_model(students.model_config("scout-tiny", {}, vocab), False)}
+              "moe": students.build_model(students.model_config("scout-tiny", {}, vocab), False),
+              "moe_teacher": students.build_model(
+                  students.model_config("scout-tiny", MOE_TEACHER, vocab), False)}
     for name, model in models.items():
         model.save_pretrained(work / "models" / name)
         data.tokenizer.save_pretrained(work / "models" / name)  # distill checks the vocabulary
@@ -89,20 +105,20 @@ def worker_distill(work: Path, case: str, args) -> dict:
     from distill.recipe import load_recipe
     from distill.train import run
 
-    student = "dense" if case != "moe" else "moe"
+    student = _student_dir(case)
     out = work / f"distill-{case}"
     overrides = _data_recipe_overrides(work, args) + [
         f"output_dir={out}", f"seed={SEED}", "teacher.kind=hf",
-        f"teacher.hf.name_or_path={work / 'models' / 'teacher'}",
+        f"teacher.hf.name_or_path={work / 'models' / _teacher_dir(case)}",
         "student.init=pretrained", f"student.name_or_path={work / 'models' / student}",
         "loss.divergence=forward_kl", "loss.soft_weight.start=0.5", "loss.temperature=1.0",
         "loss.router_aux_weight=0", f"train.max_steps={args.steps}",
         f"train.micro_batch_size={args.batch}", "train.grad_accum_steps=1", f"train.lr={LR}",
         f"train.weight_decay={WEIGHT_DECAY}", "train.warmup_steps=0",
         "train.lr_schedule=constant", f"train.max_grad_norm={MAX_GRAD_NORM}",
-        "train.eval_every=0", "train.eval_batches=1", "train.eval_batch_size=8",
+        "train.eval_every=0", "train.eval_at_start=false", "train.eval_at_end=false",
         "train.checkpoint_every=0", "train.cpu=true"]
-    if case != "moe":  # the same model code as TRL: transformers' forward everywhere
+    if not case.startswith("moe"):  # the same model code as TRL: transformers' forward everywhere
         overrides += ["train.efficient_moe=false"]
     if case == "same-unfused":
         overrides += ["loss.fused=off"]
@@ -133,8 +149,8 @@ def worker_trl(work: Path, case: str, args) -> dict:
 
     torch.manual_seed(SEED)
     student = AutoModelForCausalLM.from_pretrained(
-        work / "models" / ("moe" if case == "moe" else "dense"), dtype=torch.float32)
-    teacher = AutoModelForCausalLM.from_pretrained(work / "models" / "teacher",
+        work / "models" / _student_dir(case), dtype=torch.float32)
+    teacher = AutoModelForCausalLM.from_pretrained(work / "models" / _teacher_dir(case),
                                                    dtype=torch.float32)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(work / "models" / "teacher")
     # Whole blocks (seq + 1 tokens) as input and labels: GKD shifts by one inside, so its
