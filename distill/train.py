@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import gc
 import os
-import shutil
-import tempfile
 import time
 import traceback
 from collections import defaultdict
@@ -33,13 +31,13 @@ from distill.files import write_atomic
 from distill.fingerprint import built_fingerprint, check_built, check_recipe, write_fingerprint
 from distill.lock import OutputDirLock
 from distill.metrics import MetricsLog
-from distill.model_card import write_model_card
 from distill.policies import NonFiniteGuard, Validator
 from distill.prefetch import TeacherPrefetch
 from distill.progress import StepProgress
 from distill.recipe import check_sources, dump_recipe
 from distill.rollout import Rollouts
 from distill.run_plot import write_run_plot
+from distill.saving import save_outputs
 from distill.startup import StartupClock, process_age_s
 from distill.steps import DrawnStep, draws_ahead, draw_step
 from distill.summary import print_startup_summary, run_summary
@@ -69,33 +67,6 @@ def _check_output_dir(output_dir: Path, resume: bool) -> None:
     raise UserError(f"output_dir {output_dir} already holds a run (metrics.jsonl) but no "
                     "checkpoint to resume from; choose another output_dir, or remove this one "
                     "to start over.")
-
-
-def _no_bar(factory, args, kwargs):
-    """transformers' tqdm hook: the bar it would draw, disabled."""
-    return factory(*args, **{**kwargs, "disable": True})
-
-
-def _save_model(model, tokenizer, target: Path, card: dict) -> None:
-    """save_pretrained (and a model card) into a staging directory, then rename: the
-    target is whole or absent. A failed write removes its staging directory."""
-    from transformers.utils.logging import set_tqdm_hook
-
-    with writes_to(f"{target}/", target.parent) as partial:
-        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".staging-{target.name}-"))
-        partial.append(staging)
-        # save_pretrained draws a "Writing model shards" bar per model, even for one shard
-        # written in milliseconds: in a log file, two lines of carriage-return noise after
-        # the run's last evaluation. Only transformers' own bars, only during the save.
-        previous = set_tqdm_hook(_no_bar)
-        try:
-            model.save_pretrained(staging)
-        finally:
-            set_tqdm_hook(previous)
-        tokenizer.save_pretrained(staging)
-        write_model_card(staging, shown_path=target, model=model, **card)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(staging, target)
 
 
 def _optimizer_and_schedule(model, lr: float, train):
@@ -417,25 +388,8 @@ def _train(recipe: Recipe, resume: bool, clock: StartupClock) -> RunResult:
         evaluated = evaluate.last if train.eval_at_end \
             else {"val_loss": "not evaluated (train.eval_at_end: false)"}
         final = {"steps": train.max_steps, "tokens": tokens_seen, **evaluated}
-        _save_outputs(accelerator.unwrap_model(student).lm, teacher, data.tokenizer,
-                      output_dir, recipe, final)
+        save_outputs(accelerator.unwrap_model(student).lm, teacher, data.tokenizer,
+                     output_dir, recipe, final)
     accelerator.wait_for_everyone()
     return RunResult(output_dir=output_dir, first_val_loss=first_val_loss,
                      final_val_loss=final_val_loss, steps=train.max_steps, main_process=main)
-
-
-def _save_outputs(student_lm, teacher: Teacher, tokenizer, output_dir: Path, recipe: Recipe,
-                  final: dict) -> None:
-    """student/, and teacher/ for a teacher the run trained (so it can teach the next)."""
-    trained = teacher.trained_model()
-    _save_model(student_lm, tokenizer, output_dir / "student",
-                {"recipe": recipe, "metrics": final, "role": "student",
-                 "teacher_line": teacher.describe(), "adapter": recipe.student.peft is not None,
-                 "codistilled": trained is not None})
-    if trained is not None:
-        metrics = {"steps": final["steps"], "tokens": final["tokens"],
-                   "val_loss": final.get("teacher_val_loss")}
-        _save_model(trained, tokenizer, output_dir / "teacher",
-                    {"recipe": recipe, "metrics": metrics, "role": "teacher",
-                     "teacher_line": teacher.describe(), "adapter": False,
-                     "codistilled": True})

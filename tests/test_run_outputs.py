@@ -234,7 +234,7 @@ def test_codistilled_cards_and_a_quiet_save(logged_run, tmp_path, capfd):
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from distill.train import _save_model
+    from distill.saving import save_model
 
     recipe = load_recipe(out / "config.yaml")
     model = AutoModelForCausalLM.from_pretrained(out / "student")
@@ -244,7 +244,7 @@ def test_codistilled_cards_and_a_quiet_save(logged_run, tmp_path, capfd):
     capfd.readouterr()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        _save_model(model, tokenizer, tmp_path / "saved", card)
+        save_model(model, tokenizer, tmp_path / "saved", card)
     err = capfd.readouterr().err
     assert [str(w.message) for w in caught] == []
     assert err == ""  # no "Writing model shards" bar, no library warning
