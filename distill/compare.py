@@ -110,7 +110,8 @@ def _fill_cache(recipes: list[Recipe]) -> None:
         cache_root=cache_root(recipe.data), trust_remote_code=tuple(recipe.trust_remote_code)))
     try:
         teacher.prepare(teachers.Placement(Accelerator(cpu=recipe.train.cpu), data.train,
-                                           blocks_read=union))
+                                           blocks_read=union,
+                                           train_digest=data.digests["train"]))
     except teachers.TeacherRefused as exc:
         raise UserError(str(exc)) from None
     print(f"teacher outputs: {'computed into' if teacher.rebuilt else 'reusing'} {teacher.path}")

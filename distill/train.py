@@ -255,7 +255,7 @@ def _train(recipe: Recipe, resume: bool, clock: StartupClock) -> RunResult:
         student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
         try:  # a cache computes only the blocks this run reads (all steps, all processes)
             teacher.prepare(Placement(
-                accelerator, data.train, hidden=fused,
+                accelerator, data.train, hidden=fused, train_digest=data.digests["train"],
                 student_outputs=lambda ids: student(ids, None, None, 0, 1,
                                                     outputs_only=True)[1],
                 blocks_read=lambda: blocks_read(len(data.train), train, recipe.seed,

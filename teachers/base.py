@@ -88,13 +88,16 @@ class Placement:
     student's own outputs for a batch of input ids, without gradients (mutual learning),
     and ``blocks_read``: the rows of ``train_blocks`` the run will read, each once, in the
     order it first reads them (all micro-batches of all steps and processes); a callable,
-    since only a teacher that precomputes (a cache) needs it. None: every block."""
+    since only a teacher that precomputes (a cache) needs it. None: every block.
+    ``train_digest``: the training blocks' digest, as the data's block cache recorded it
+    when it wrote them (what a teacher cache is keyed by: never hashed again here)."""
 
     accelerator: Any
     train_blocks: Tensor                                   # (blocks, block_size + 1)
     hidden: bool = False
     student_outputs: Callable[[Tensor], ModelOutput] | None = None
     blocks_read: Callable[[], Tensor] | None = None       # () -> (n,) int64 block rows
+    train_digest: str | None = None                       # the data's digest of train_blocks
 
 
 class TeacherRefused(ValueError):

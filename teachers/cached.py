@@ -67,30 +67,9 @@ def teacher_fingerprint(name_or_path: str, config) -> str:
     return digest.hexdigest()
 
 
-_HASH_CHUNK_BYTES = 64 << 20  # rows hashed at a time: a memory-mapped corpus stays on disk
-
-
-def data_fingerprint(train_blocks: torch.Tensor | np.ndarray) -> str:
-    """sha256 of the blocks' shape and their bytes in row order, read in chunks of about
-    64 MiB (the digest of the whole array's bytes, in bounded memory)."""
-    digest = hashlib.sha256(str(tuple(train_blocks.shape)).encode())
-    row_bytes = max(1, train_blocks[:1].numel() * train_blocks.element_size()
-                    if isinstance(train_blocks, torch.Tensor) else train_blocks[:1].nbytes)
-    step = max(1, _HASH_CHUNK_BYTES // row_bytes)
-    for start in range(0, int(train_blocks.shape[0]), step):
-        digest.update(np.ascontiguousarray(_as_numpy(train_blocks[start:start + step])))
-    return digest.hexdigest()
-
-
-def _as_numpy(rows: torch.Tensor | np.ndarray) -> np.ndarray:
-    return rows.numpy() if isinstance(rows, torch.Tensor) else np.asarray(rows)
-
-
-def _take(train_blocks: torch.Tensor | np.ndarray, rows: np.ndarray) -> torch.Tensor:
-    """Rows of the training blocks as an int64 tensor (a model's input ids)."""
-    if isinstance(train_blocks, torch.Tensor):
-        return train_blocks[torch.from_numpy(rows)].long()
-    return torch.from_numpy(np.asarray(train_blocks[rows])).long()
+def _take(train_blocks: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+    """Rows of the training blocks (memory-mapped int32) as an int64 tensor: input ids."""
+    return train_blocks[torch.from_numpy(rows)].long()
 
 
 class CachedTeacher(Teacher):
@@ -134,10 +113,10 @@ class CachedTeacher(Teacher):
     def load_weights(self) -> torch.nn.Module:
         return self._load().model
 
-    def _expected_meta(self, train_blocks: torch.Tensor) -> dict:
+    def _expected_meta(self, train_blocks: torch.Tensor, train_digest: str) -> dict:
         return {"version": CACHE_VERSION,
                 "teacher": teacher_fingerprint(self.name_or_path, self.config),
-                "data": data_fingerprint(train_blocks),
+                "data": train_digest,
                 "top_k": min(self.top_k, self.vocab_rows),
                 "dtype": str(getattr(self.config, "dtype", None)),
                 "vocab_limit": self.vocab_rows,
@@ -147,8 +126,11 @@ class CachedTeacher(Teacher):
         """Open the cache, first computing (on the main process) the blocks the run reads
         that it lacks; the other processes open it after the main one."""
         accelerator, train_blocks = placement.accelerator, placement.train_blocks
+        if placement.train_digest is None:
+            raise ValueError("a cached teacher is keyed by the training blocks' digest: "
+                             "Placement.train_digest (the data's recorded digest) is needed")
         self.device = accelerator.device
-        expected = self._expected_meta(train_blocks)
+        expected = self._expected_meta(train_blocks, placement.train_digest)
         key = hashlib.sha256(json.dumps(expected, sort_keys=True).encode()).hexdigest()[:20]
         self.path = self.cache_root / key
         num_blocks = int(train_blocks.shape[0])

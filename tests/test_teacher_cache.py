@@ -5,12 +5,10 @@ throughout is not built at all."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from distill.build import blocks_read
 from distill.teacher_use import unused_teacher_reason
@@ -108,21 +106,6 @@ def test_a_run_that_covers_every_block_reads_them_all():
     # 12 blocks, 2 x 2 per position: 3 positions per epoch; 3 steps read the whole epoch
     train = TrainConfig(max_steps=3, micro_batch_size=2)
     assert sorted(blocks_read(12, train, seed=0, num_processes=2).tolist()) == list(range(12))
-
-
-def test_the_data_fingerprint_is_the_whole_arrays_hash_read_in_chunks(monkeypatch, tmp_path):
-    import teachers.cached as cached
-
-    blocks = torch.arange(5 * 9, dtype=torch.long).reshape(5, 9) * 7919
-    whole = hashlib.sha256(str((5, 9)).encode() + blocks.numpy().tobytes()).hexdigest()
-    assert cached.data_fingerprint(blocks) == whole
-    monkeypatch.setattr(cached, "_HASH_CHUNK_BYTES", 2 * 9 * 8)  # two rows at a time
-    assert cached.data_fingerprint(blocks) == whole
-    # a memory-mapped int32 corpus: its own bytes, in chunks
-    mapped = np.lib.format.open_memmap(tmp_path / "blocks.npy", "w+", np.int32, (5, 9))
-    mapped[:] = blocks.numpy().astype(np.int32)
-    expected = hashlib.sha256(str((5, 9)).encode() + mapped.tobytes()).hexdigest()
-    assert cached.data_fingerprint(mapped) == expected
 
 
 # ---- filling only what is read, and growing

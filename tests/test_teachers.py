@@ -164,7 +164,8 @@ def _cache_teacher(recipe) -> CachedTeacher:
 
     data = prepare_data(recipe.data, load_corpus(recipe.data))
     teacher = build(recipe.teacher, TeacherSetup(vocab_rows=len(data.tokenizer)))
-    teacher.prepare(Placement(Accelerator(cpu=True), data.train))
+    teacher.prepare(Placement(Accelerator(cpu=True), data.train,
+                              train_digest=data.digests["train"]))
     return teacher
 
 
