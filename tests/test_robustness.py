@@ -259,19 +259,26 @@ def test_leftovers_of_failed_or_killed_writes_are_removed_at_the_next_start(tmp_
         capsys.readouterr().out
 
 
-def test_sigterm_stops_like_ctrl_c_and_the_run_resumes(tmp_path: Path, cache_dir: Path):
-    out = tmp_path / "term"
-    args = ["run", QUICKSTART, *tiny_overrides(out, cache_dir, **{"train.max_steps": 24})]
+def _signal_run(tmp_path: Path, args: list[str], ready, signum) -> tuple[subprocess.Popen, str]:
+    """Start ``distill *args`` in a process of its own, send it ``signum`` once ``ready()``
+    holds (or it ended, or 300 s passed), and return the process and its stderr."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with open(tmp_path / "stderr.txt", "w") as stderr:
         proc = subprocess.Popen([sys.executable, "-m", "distill", *args], cwd=REPO, env=env,
                                 stdout=subprocess.DEVNULL, stderr=stderr)
         deadline = time.time() + 300
-        while not complete_checkpoints(out) and proc.poll() is None and time.time() < deadline:
+        while not ready() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.01)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         proc.wait(timeout=120)
-    said = (tmp_path / "stderr.txt").read_text()
+    return proc, (tmp_path / "stderr.txt").read_text()
+
+
+def test_sigterm_stops_like_ctrl_c_and_the_run_resumes(tmp_path: Path, cache_dir: Path):
+    out = tmp_path / "term"
+    args = ["run", QUICKSTART, *tiny_overrides(out, cache_dir, **{"train.max_steps": 24})]
+    proc, said = _signal_run(tmp_path, args, lambda: bool(complete_checkpoints(out)),
+                             signal.SIGTERM)
     assert proc.returncode == 143, said[-3000:]
     assert "distill: interrupted; resume with --resume" in said and "Traceback" not in said
     assert not (out / ".lock").exists() and not (out / "student").exists()
@@ -324,16 +331,7 @@ def test_sighup_stops_like_sigterm_and_leaves_no_lock(tmp_path: Path, cache_dir:
     directories it created stayed. Now it unwinds as on Ctrl-C, with exit status 129."""
     out = tmp_path / "hup" / "run"
     args = ["run", QUICKSTART, *tiny_overrides(out, cache_dir, **{"train.max_steps": 400})]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    with open(tmp_path / "stderr.txt", "w") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "distill", *args], cwd=REPO, env=env,
-                                stdout=subprocess.DEVNULL, stderr=stderr)
-        deadline = time.time() + 300
-        while not (out / ".lock").exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGHUP)
-        proc.wait(timeout=120)
-    said = (tmp_path / "stderr.txt").read_text()
+    proc, said = _signal_run(tmp_path, args, (out / ".lock").exists, signal.SIGHUP)
     assert proc.returncode == 129, said[-3000:]
     assert "distill: interrupted;" in said and "Traceback" not in said
     assert not (out / ".lock").exists()
