@@ -78,6 +78,14 @@ def encode_documents(tokenizer, documents: Iterable[tuple[bool, str]]
         yield from flush()
 
 
+def require_tokens(tokens: int, block_size: int, split: str) -> None:
+    """A split needs at least one block: ``block_size + 1`` tokens."""
+    if tokens < block_size + 1:
+        raise UserError(f"data: the {split} split has {tokens} tokens, fewer than "
+                        f"data.block_size + 1 = {block_size + 1}; use more text or a smaller "
+                        "block_size.")
+
+
 def blocks_view(stream: torch.Tensor, block_size: int) -> torch.Tensor:
     """(num_blocks, block_size + 1) blocks overlapping by one token, a view of ``stream``."""
     num_blocks = max((len(stream) - 1) // block_size, 0)
@@ -148,10 +156,7 @@ def _write(corpus: Corpus, tokenizer, block_size: int, staging: Path, key: str,
     for split in SPLITS:
         if not corpus.holdout and split == "train":
             continue  # a whole corpus evaluated: every document is in validation
-        if tokens[split] < block_size + 1:
-            raise UserError(f"data: the {split} split has {tokens[split]} tokens, fewer "
-                            f"than data.block_size + 1 = {block_size + 1}; use more text or a "
-                            "smaller block_size.")
+        require_tokens(tokens[split], block_size, split)
     meta = {"version": BLOCKS_VERSION, "key": key, "block_size": block_size,
             "tokens": tokens, "corpus": corpus.description,
             "stats": corpus.stats.to_dict()}

@@ -15,7 +15,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from distill.blocks import encode_documents, load_or_build, text_pieces
+from distill.blocks import (blocks_view, encode_documents, load_or_build, require_tokens,
+                            text_pieces)
 from distill.config import DataConfig
 from distill.corpus import Corpus, CorpusStats
 from distill.errors import UserError
@@ -98,12 +99,8 @@ def pack(texts: Sequence[str], tokenizer, block_size: int, what: str) -> torch.T
     """
     pieces = encode_documents(tokenizer, ((False, text) for text in texts))
     stream = torch.from_numpy(np.concatenate([ids for _, ids in pieces] or [np.zeros(0, np.int64)]))
-    num_blocks = (len(stream) - 1) // block_size
-    if num_blocks < 1:
-        raise UserError(f"data: the {what} split has {len(stream)} tokens, fewer than "
-                        f"data.block_size + 1 = {block_size + 1}; use more text or a smaller "
-                        "block_size.")
-    return stream[: num_blocks * block_size + 1].unfold(0, block_size + 1, block_size).clone()
+    require_tokens(len(stream), block_size, what)
+    return blocks_view(stream, block_size).clone()
 
 
 @dataclass
